@@ -1,0 +1,29 @@
+# `make test` on a fresh machine: creates .venv, installs the CPU torch build first (a bare `torch`
+# requirement would pull a multi-GB CUDA build), then the package with its test extras, then runs pytest.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Override for another platform, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install test test-all lint generate clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS) -m "slow or not slow"
+
+lint: install
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

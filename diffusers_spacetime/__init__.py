@@ -1,0 +1,45 @@
+"""diffusers-spacetime: Sora-style video generation for diffusers.
+
+Exported classes report ``__module__ == "diffusers_spacetime"`` so that saved ``model_index.json`` files name
+``["diffusers_spacetime", ClassName]``: checkpoints then survive refactors of the package's internal modules.
+"""
+
+import diffusers
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401  (the pipeline loader looks these up here)
+from diffusers.pipelines import pipeline_loading_utils
+
+from .loaders.lora import SpacetimeLoraLoaderMixin
+from .models.autoencoder_kl_spacetime import AutoencoderKLSpacetime
+from .models.transformer_spacetime import SpacetimeDiTModel
+from .pipelines.pipeline_output import SpacetimeVideoPipelineOutput
+from .pipelines.pipeline_spacetime import SpacetimeVideoPipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoencoderKLSpacetime",
+    "SpacetimeDiTModel",
+    "SpacetimeLoraLoaderMixin",
+    "SpacetimeVideoPipeline",
+    "SpacetimeVideoPipelineOutput",
+]
+
+_MODELS = (AutoencoderKLSpacetime, SpacetimeDiTModel)
+_PIPELINES = (SpacetimeVideoPipeline,)
+
+for _cls in (*_MODELS, *_PIPELINES, SpacetimeLoraLoaderMixin, SpacetimeVideoPipelineOutput):
+    _cls.__module__ = __name__
+
+# diffusers 0.42 treats a component library outside LOADABLE_CLASSES as remote code when pulling from the Hub
+# (it looks for `transformer/diffusers_spacetime.py`). Registering the package as a regular library makes Hub
+# pulls load our classes with plain `from_pretrained`, like diffusers' own. Private API: pinned in pyproject.
+pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
+    __name__, {"ModelMixin": ["save_pretrained", "from_pretrained"], "SchedulerMixin": ["save_pretrained", "from_pretrained"]}
+)
+
+# `DiffusionPipeline.from_pretrained(path)` resolves `_class_name` with `getattr(diffusers, name)`. Exposing our
+# pipelines there (after `import diffusers_spacetime`) makes the generic entry point work without
+# `trust_remote_code`: loading a checkpoint never executes code shipped inside it.
+for _cls in _PIPELINES:
+    if not hasattr(diffusers, _cls.__name__):
+        setattr(diffusers, _cls.__name__, _cls)

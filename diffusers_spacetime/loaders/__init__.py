@@ -1,0 +1,3 @@
+from .lora import SpacetimeLoraLoaderMixin
+
+__all__ = ["SpacetimeLoraLoaderMixin"]

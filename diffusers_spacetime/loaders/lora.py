@@ -1,0 +1,2 @@
+class SpacetimeLoraLoaderMixin:  # placeholder: being written
+    pass

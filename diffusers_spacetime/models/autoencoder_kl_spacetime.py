@@ -1,0 +1,2 @@
+class AutoencoderKLSpacetime:  # placeholder: being written
+    pass

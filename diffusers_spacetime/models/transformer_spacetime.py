@@ -1,0 +1,2 @@
+class SpacetimeDiTModel:  # placeholder: being written
+    pass

@@ -1,0 +1,2 @@
+class SpacetimeVideoPipelineOutput:  # placeholder: being written
+    pass

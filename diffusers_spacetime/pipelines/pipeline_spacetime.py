@@ -1,0 +1,2 @@
+class SpacetimeVideoPipeline:  # placeholder: being written
+    pass
