@@ -13,19 +13,21 @@ from .models.autoencoder_kl_spacetime import AutoencoderKLSpacetime
 from .models.transformer_spacetime import SpacetimeDiTModel
 from .pipelines.pipeline_output import SpacetimeVideoPipelineOutput
 from .pipelines.pipeline_spacetime import SpacetimeVideoPipeline
+from .pipelines.pipeline_spacetime_image2video import SpacetimeImageToVideoPipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoencoderKLSpacetime",
     "SpacetimeDiTModel",
+    "SpacetimeImageToVideoPipeline",
     "SpacetimeLoraLoaderMixin",
     "SpacetimeVideoPipeline",
     "SpacetimeVideoPipelineOutput",
 ]
 
 _MODELS = (AutoencoderKLSpacetime, SpacetimeDiTModel)
-_PIPELINES = (SpacetimeVideoPipeline,)
+_PIPELINES = (SpacetimeVideoPipeline, SpacetimeImageToVideoPipeline)
 
 for _cls in (*_MODELS, *_PIPELINES, SpacetimeLoraLoaderMixin, SpacetimeVideoPipelineOutput):
     _cls.__module__ = __name__

@@ -1,4 +1,5 @@
 from .pipeline_output import SpacetimeVideoPipelineOutput
 from .pipeline_spacetime import SpacetimeVideoPipeline
+from .pipeline_spacetime_image2video import SpacetimeImageToVideoPipeline
 
-__all__ = ["SpacetimeVideoPipeline", "SpacetimeVideoPipelineOutput"]
+__all__ = ["SpacetimeImageToVideoPipeline", "SpacetimeVideoPipeline", "SpacetimeVideoPipelineOutput"]

@@ -1,2 +1,848 @@
-class SpacetimeVideoPipeline:  # placeholder: being written
-    pass
+"""Text-to-video with the spacetime DiT: text encoder -> flow-matching denoising in the VAE's latent space -> video.
+
+Decisions worth knowing (the README repeats them):
+- Default `height`, `width` and `num_frames` come from the checkpoint: they are pipeline init arguments
+  (`default_height`, `default_width`, `default_num_frames`) that `register_to_config` writes into `model_index.json`,
+  as `StableDiffusionPipeline` does with `requires_safety_checker`. The training script saves the size it trained at.
+- Classifier-free guidance runs the conditional and unconditional passes as two calls, not one batch: each runs in its
+  own `transformer.cache_context("cond")` / `("uncond")`, so diffusers' cache hooks keep separate state per branch;
+  the two prompts may have different token lengths and masks; peak activation memory is that of one batch. The cost:
+  on a GPU with spare capacity two calls are slower than one doubled batch, and diffusers' FasterCache (which expects
+  a batched [uncond, cond] input) does not apply; FirstBlockCache, PyramidAttentionBroadcast and TaylorSeer do.
+- The transformer works in a normalised latent space: `z_norm = (z - latents_mean) / latents_std` with the VAE's
+  per-channel statistics, and the pipeline decodes `z_norm * latents_std + latents_mean`.
+- Schedulers are driven only through the generic API (`set_timesteps`, `timesteps`, `init_noise_sigma`,
+  `scale_model_input`, `step`), so flow-matching and classic schedulers swap in without special cases.
+"""
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, SchedulerMixin
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..loaders.lora import SpacetimeLoraLoaderMixin
+from ..models.autoencoder_kl_spacetime import AutoencoderKLSpacetime
+from ..models.transformer_spacetime import SpacetimeDiTModel
+from .pipeline_output import SpacetimeVideoPipelineOutput
+
+logger = logging.get_logger(__name__)
+
+# Token budget when `max_sequence_length` is not given (capped by the tokenizer's own limit): video captions are
+# short, and padded tokens are masked out of cross-attention anyway.
+DEFAULT_MAX_SEQUENCE_LENGTH = 128
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```python
+        >>> import torch
+        >>> import diffusers_spacetime  # registers the package's classes with diffusers
+        >>> from diffusers import UniPCMultistepScheduler
+        >>> from diffusers.utils import export_to_video
+        >>> from diffusers_spacetime import SpacetimeVideoPipeline
+
+        >>> pipe = SpacetimeVideoPipeline.from_pretrained("checkpoints/spacetime-shapes", dtype=torch.float32)
+        >>> # Optional: any flow scheduler swaps in from the checkpoint's scheduler config.
+        >>> pipe.scheduler = UniPCMultistepScheduler.from_config(
+        ...     pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True
+        ... )
+        >>> video = pipe(
+        ...     "a red circle moves from left to right",
+        ...     num_inference_steps=25,
+        ...     guidance_scale=5.0,
+        ...     generator=torch.Generator().manual_seed(0),
+        ... ).frames[0]
+        >>> export_to_video(video, "circle.mp4", fps=8)
+        ```
+"""
+
+
+def _text_hidden_size(text_encoder: torch.nn.Module) -> int | None:
+    """Width of `last_hidden_state` for BERT/CLIP (`hidden_size`) and T5/UMT5 (`d_model`) configs; None if unknown."""
+    config = getattr(text_encoder, "config", None)
+    for name in ("hidden_size", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
+    r"""
+    Text-to-video generation with [`SpacetimeDiTModel`] and [`AutoencoderKLSpacetime`].
+
+    This model inherits from [`DiffusionPipeline`] (downloading, saving, devices, offloading) and
+    [`SpacetimeLoraLoaderMixin`] (LoRA loading, fusing and mixing).
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer of `text_encoder`.
+        text_encoder ([`~transformers.PreTrainedModel`]):
+            Any transformers text encoder whose output has `last_hidden_state` (BERT/MiniLM, T5, UMT5, CLIP text).
+            Its hidden size must equal `transformer.config.text_embed_dim`.
+        transformer ([`SpacetimeDiTModel`]):
+            The spacetime diffusion transformer; predicts the flow velocity in the normalised latent space.
+        vae ([`AutoencoderKLSpacetime`]):
+            The video autoencoder, with per-channel `latents_mean` / `latents_std` in its config (or None for 0 / 1).
+        scheduler ([`~diffusers.SchedulerMixin`]):
+            Any diffusers scheduler; the default is [`~diffusers.FlowMatchEulerDiscreteScheduler`].
+        default_height (`int`, *optional*):
+            Height used when `__call__` gets none; saved in `model_index.json` (the training script stores the
+            trained size here).
+        default_width (`int`, *optional*):
+            Width used when `__call__` gets none; saved in `model_index.json`.
+        default_num_frames (`int`, *optional*):
+            Frame count used when `__call__` gets none; saved in `model_index.json`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: PreTrainedModel,
+        transformer: SpacetimeDiTModel,
+        vae: AutoencoderKLSpacetime,
+        scheduler: SchedulerMixin,
+        default_height: int | None = None,
+        default_width: int | None = None,
+        default_num_frames: int | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+        )
+        self.register_to_config(
+            default_height=default_height, default_width=default_width, default_num_frames=default_num_frames
+        )
+        self._check_components()
+        spatial = self.vae_scale_factor_spatial
+        self.video_processor = VideoProcessor(vae_scale_factor=spatial if spatial is not None else 8)
+
+    # ------------------------------------------------------------------------------------------------ properties
+
+    @property
+    def vae_scale_factor_spatial(self) -> int | None:
+        vae = getattr(self, "vae", None)
+        return vae.spatial_compression_ratio if vae is not None else None
+
+    @property
+    def vae_scale_factor_temporal(self) -> int | None:
+        vae = getattr(self, "vae", None)
+        return vae.temporal_compression_ratio if vae is not None else None
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any] | None:
+        return self._attention_kwargs
+
+    # ------------------------------------------------------------------------------------------------ checks
+
+    def _check_components(self) -> None:
+        """Fail early, with the numbers, when components that cannot work together are combined."""
+        transformer = getattr(self, "transformer", None)
+        text_encoder = getattr(self, "text_encoder", None)
+        vae = getattr(self, "vae", None)
+        if transformer is None:
+            return
+        text_embed_dim = transformer.config.text_embed_dim
+        hidden_size = _text_hidden_size(text_encoder) if text_encoder is not None else None
+        if hidden_size is not None and hidden_size != text_embed_dim:
+            raise ValueError(
+                f"`text_encoder` produces {hidden_size}-d hidden states but `transformer.config.text_embed_dim` is "
+                f"{text_embed_dim}: use the text encoder the transformer was trained with."
+            )
+        if vae is not None and vae.config.latent_channels != transformer.config.in_channels:
+            raise ValueError(
+                f"`vae.config.latent_channels` ({vae.config.latent_channels}) must equal "
+                f"`transformer.config.in_channels` ({transformer.config.in_channels})."
+            )
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_frames,
+        num_inference_steps,
+        guidance_scale,
+        num_videos_per_prompt,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
+        output_type="np",
+        callback_on_step_end_tensor_inputs=None,
+        max_sequence_length=None,
+    ):
+        """Raise a `ValueError` naming the first bad argument; never adjust a value silently."""
+        self._check_components()
+
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
+                )
+
+        # Sizes: the VAE downsamples space by `s` and time by `r`; the transformer patchifies by (p_t, p_h, p_w).
+        spatial, temporal = self.vae_scale_factor_spatial, self.vae_scale_factor_temporal
+        patch_t, patch_h, patch_w = self.transformer.config.patch_size
+        for name, value, patch in (("height", height, patch_h), ("width", width, patch_w)):
+            multiple = spatial * patch
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            if value % multiple != 0:
+                raise ValueError(
+                    f"`{name}` ({value}) must be divisible by {multiple} (VAE spatial compression {spatial} x "
+                    f"transformer patch size {patch}); nearest valid values: "
+                    f"{max(multiple, value // multiple * multiple)} or {(value // multiple + 1) * multiple}."
+                )
+        if not _is_int(num_frames) or num_frames <= 0 or (num_frames - 1) % temporal != 0:
+            raise ValueError(
+                f"`num_frames` must be 1 + k * {temporal} (the VAE's temporal compression) for an int k >= 0, "
+                f"e.g. {1 + temporal}, {1 + 2 * temporal} or {1 + 4 * temporal}; got {num_frames!r}."
+            )
+        num_latent_frames = (num_frames - 1) // temporal + 1
+        if num_latent_frames % patch_t != 0:
+            raise ValueError(
+                f"`num_frames` ({num_frames}) gives {num_latent_frames} latent frames, which the transformer's "
+                f"temporal patch size {patch_t} does not divide."
+            )
+
+        if not _is_int(num_inference_steps) or num_inference_steps <= 0:
+            raise ValueError(f"`num_inference_steps` must be a positive int, got {num_inference_steps!r}.")
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+        if not _is_int(num_videos_per_prompt) or num_videos_per_prompt <= 0:
+            raise ValueError(f"`num_videos_per_prompt` must be a positive int, got {num_videos_per_prompt!r}.")
+        if max_sequence_length is not None and (not _is_int(max_sequence_length) or max_sequence_length <= 0):
+            raise ValueError(f"`max_sequence_length` must be a positive int, got {max_sequence_length!r}.")
+
+        # Prompts: exactly one of `prompt` / `prompt_embeds`; at most one of the negative pair.
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` or `prompt_embeds`; both are None.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is None:
+                continue
+            if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                raise ValueError(f"`{name}` must be a str or a list of str, got {type(value).__name__}.")
+            if isinstance(value, list) and len(value) == 0:
+                raise ValueError(f"`{name}` is an empty list.")
+        if prompt is not None and (self.tokenizer is None or self.text_encoder is None):
+            raise ValueError(
+                "`prompt` needs a `tokenizer` and a `text_encoder`; this pipeline has none: pass `prompt_embeds`."
+            )
+
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else None
+        if isinstance(negative_prompt, list) and batch_size is not None and len(negative_prompt) != batch_size:
+            raise ValueError(
+                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {batch_size}: pass one "
+                "negative prompt per prompt, or a single string."
+            )
+
+        # Embeddings: (B, L, text_embed_dim), finite, with masks (B, L) that match.
+        text_embed_dim = self.transformer.config.text_embed_dim
+        for name, embeds, mask_name, mask in (
+            ("prompt_embeds", prompt_embeds, "prompt_attention_mask", prompt_attention_mask),
+            (
+                "negative_prompt_embeds",
+                negative_prompt_embeds,
+                "negative_prompt_attention_mask",
+                negative_prompt_attention_mask,
+            ),
+        ):
+            if embeds is None:
+                if mask is not None:
+                    raise ValueError(f"`{mask_name}` was given without `{name}`.")
+                continue
+            if not torch.is_tensor(embeds) or embeds.ndim != 3 or embeds.shape[-1] != text_embed_dim:
+                shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
+                raise ValueError(f"`{name}` must be a tensor (batch, tokens, {text_embed_dim}), got {shape}.")
+            if not torch.isfinite(embeds).all():
+                raise ValueError(f"`{name}` contains NaN or infinite values.")
+            if mask is not None and (not torch.is_tensor(mask) or tuple(mask.shape) != tuple(embeds.shape[:2])):
+                shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+                raise ValueError(
+                    f"`{mask_name}` must have shape {tuple(embeds.shape[:2])} like `{name}`, got {shape}."
+                )
+        if prompt_embeds is not None and negative_prompt_embeds is not None:
+            if negative_prompt_embeds.shape[0] != prompt_embeds.shape[0]:
+                raise ValueError(
+                    f"`negative_prompt_embeds` has batch {negative_prompt_embeds.shape[0]} but `prompt_embeds` has "
+                    f"{prompt_embeds.shape[0]}."
+                )
+        if (
+            negative_prompt_embeds is not None
+            and batch_size is not None
+            and negative_prompt_embeds.shape[0] != batch_size
+        ):
+            raise ValueError(
+                f"`negative_prompt_embeds` has batch {negative_prompt_embeds.shape[0]} but `prompt` has {batch_size} entries."
+            )
+        if (
+            isinstance(negative_prompt, list)
+            and prompt_embeds is not None
+            and len(negative_prompt) != prompt_embeds.shape[0]
+        ):
+            raise ValueError(
+                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt_embeds` has batch {prompt_embeds.shape[0]}."
+            )
+
+    # ------------------------------------------------------------------------------------------------ text
+
+    def _resolve_max_sequence_length(self, max_sequence_length: int | None) -> int:
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        # Tokenizers without a limit report a huge sentinel (int(1e30)); treat it as none.
+        tokenizer_limit = tokenizer_limit if _is_int(tokenizer_limit) and tokenizer_limit < 1_000_000 else None
+        if max_sequence_length is None:
+            return min(DEFAULT_MAX_SEQUENCE_LENGTH, tokenizer_limit or DEFAULT_MAX_SEQUENCE_LENGTH)
+        if tokenizer_limit is not None and max_sequence_length > tokenizer_limit:
+            raise ValueError(
+                f"`max_sequence_length` ({max_sequence_length}) exceeds the tokenizer's limit ({tokenizer_limit})."
+            )
+        return max_sequence_length
+
+    def _encode_text(
+        self, prompt: list[str], max_sequence_length: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise and encode; returns `(embeds (B, L, D), mask (B, L))` with padded positions zeroed."""
+        text_inputs = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        input_ids, attention_mask = text_inputs.input_ids, text_inputs.attention_mask  # (B, L)
+        untruncated_length = max(len(ids) for ids in self.tokenizer(prompt, add_special_tokens=True).input_ids)
+        if untruncated_length > max_sequence_length:
+            logger.warning(
+                f"A prompt is {untruncated_length} tokens long; only the first {max_sequence_length} are used "
+                "(raise `max_sequence_length` to keep more)."
+            )
+
+        encoder_device = get_module_execution_device(self.text_encoder)
+        embeds = self.text_encoder(
+            input_ids=input_ids.to(encoder_device), attention_mask=attention_mask.to(encoder_device)
+        ).last_hidden_state  # (B, L, D)
+        # Padded positions are masked out of cross-attention; zeroing them keeps them inert whatever the encoder wrote.
+        embeds = embeds * attention_mask.to(embeds.device, embeds.dtype).unsqueeze(-1)
+        return embeds.to(device=device, dtype=dtype), attention_mask.to(device)
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        r"""
+        Encode the prompt (and, with guidance, the negative prompt) into text encoder hidden states.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): The prompt(s); or pass `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                The prompt(s) to steer away from; an empty string when guidance is on and none is given.
+            do_classifier_free_guidance (`bool`): Whether to also return negative embeddings.
+            num_videos_per_prompt (`int`): Videos per prompt; each prompt's rows are repeated next to each other.
+            prompt_embeds (`torch.Tensor` of shape `(B, L, text_embed_dim)`, *optional*): Precomputed embeddings.
+            negative_prompt_embeds (`torch.Tensor` of shape `(B, L', text_embed_dim)`, *optional*):
+                Precomputed negative embeddings.
+            prompt_attention_mask (`torch.Tensor` of shape `(B, L)`, *optional*):
+                1 for tokens to attend to, 0 for padding; all ones when `prompt_embeds` comes without one.
+            negative_prompt_attention_mask (`torch.Tensor` of shape `(B, L')`, *optional*): Same for the negative.
+            max_sequence_length (`int`, *optional*):
+                Token budget; defaults to `min(128, tokenizer.model_max_length)`.
+            device (`torch.device`, *optional*): Where the embeddings go; the execution device by default.
+            dtype (`torch.dtype`, *optional*): Their dtype; the transformer's by default.
+
+        Returns:
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`, each with
+            batch `B * num_videos_per_prompt`; the negative pair is None without guidance.
+        """
+        device = device or self._execution_device
+        dtype = dtype or self.transformer.dtype
+
+        if prompt is not None:
+            prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+            max_sequence_length = self._resolve_max_sequence_length(max_sequence_length)
+            prompt_embeds, prompt_attention_mask = self._encode_text(prompt, max_sequence_length, device, dtype)
+        else:
+            prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
+            if prompt_attention_mask is None:
+                prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=device)
+            prompt_attention_mask = prompt_attention_mask.to(device)
+        batch_size = prompt_embeds.shape[0]
+
+        if do_classifier_free_guidance:
+            if negative_prompt_embeds is None:
+                negative_prompt = "" if negative_prompt is None else negative_prompt
+                negative_prompt = (
+                    [negative_prompt] * batch_size if isinstance(negative_prompt, str) else negative_prompt
+                )
+                if len(negative_prompt) != batch_size:
+                    raise ValueError(
+                        f"`negative_prompt` has {len(negative_prompt)} entries but the batch has {batch_size}."
+                    )
+                if self.tokenizer is None or self.text_encoder is None:
+                    raise ValueError(
+                        "Guidance needs `negative_prompt_embeds` when the pipeline has no `tokenizer`/`text_encoder`."
+                    )
+                max_sequence_length = self._resolve_max_sequence_length(max_sequence_length)
+                negative_prompt_embeds, negative_prompt_attention_mask = self._encode_text(
+                    negative_prompt, max_sequence_length, device, dtype
+                )
+            else:
+                negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+                if negative_prompt_attention_mask is None:
+                    negative_prompt_attention_mask = torch.ones(
+                        negative_prompt_embeds.shape[:2], dtype=torch.long, device=device
+                    )
+                negative_prompt_attention_mask = negative_prompt_attention_mask.to(device)
+        else:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+
+        # (B, L, D) -> (B * n, L, D), each prompt's copies adjacent.
+        def repeat(x):
+            return None if x is None else x.repeat_interleave(num_videos_per_prompt, dim=0)
+
+        return (
+            repeat(prompt_embeds),
+            repeat(prompt_attention_mask),
+            repeat(negative_prompt_embeds),
+            repeat(negative_prompt_attention_mask),
+        )
+
+    # ------------------------------------------------------------------------------------------------ latents
+
+    def _latents_statistics(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latent mean and std as (1, C, 1, 1, 1) tensors (0 and 1 when the config has none)."""
+        channels = self.vae.config.latent_channels
+        mean = self.vae.config.latents_mean
+        std = self.vae.config.latents_std
+        mean = torch.tensor(mean if mean is not None else [0.0] * channels, dtype=torch.float32)
+        std = torch.tensor(std if std is not None else [1.0] * channels, dtype=torch.float32)
+        if mean.numel() != channels or std.numel() != channels:
+            raise ValueError(
+                f"The VAE config's `latents_mean`/`latents_std` need {channels} values each, got {mean.numel()} and "
+                f"{std.numel()}."
+            )
+        return mean.view(1, channels, 1, 1, 1).to(device, dtype), std.view(1, channels, 1, 1, 1).to(device, dtype)
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> the transformer's normalised space: `(z - mean) / std`."""
+        mean, std = self._latents_statistics(latents.device, latents.dtype)
+        return (latents - mean) / std
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The transformer's normalised latents -> VAE latents: `z_norm * std + mean`."""
+        mean, std = self._latents_statistics(latents.device, latents.dtype)
+        return latents * std + mean
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        num_frames: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unit Gaussian noise (B, C, F_latent, H_latent, W_latent), or the user's `latents`, times `init_noise_sigma`."""
+        num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        shape = (
+            batch_size,
+            num_channels_latents,
+            num_latent_frames,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators but the batch has {batch_size} videos "
+                "(prompts x num_videos_per_prompt): pass one generator per video, or a single one."
+            )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if not torch.is_tensor(latents) or tuple(latents.shape) != shape:
+                got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+                raise ValueError(f"`latents` must have shape {shape} for these settings, got {got}.")
+            if not torch.isfinite(latents).all():
+                raise ValueError("`latents` contains NaN or infinite values.")
+            latents = latents.to(device=device, dtype=dtype)
+        # Flow-matching schedulers start from unit noise and have no `init_noise_sigma`; Karras-style ones need it.
+        return latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    def _scheduler_step_kwargs(self, generator) -> dict[str, Any]:
+        # Stochastic schedulers (DDIM with eta, Euler with churn, SDE solvers) draw noise in `step`: hand them the
+        # generator so the same seed gives the same video.
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            return {"generator": generator}
+        return {}
+
+    # ------------------------------------------------------------------------------------------------ call
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
+        max_sequence_length: int | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+    ) -> SpacetimeVideoPipelineOutput | tuple:
+        r"""
+        Generate videos from text.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*):
+                The prompt(s) to guide generation; or pass `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                The prompt(s) to steer away from when `guidance_scale > 1`; an empty string by default. A list needs
+                one entry per prompt.
+            height (`int`, *optional*):
+                Frame height in pixels; `config.default_height` (from the checkpoint) by default. Must be divisible
+                by the VAE's spatial compression times the transformer's patch height.
+            width (`int`, *optional*):
+                Frame width in pixels; `config.default_width` by default. Same divisibility rule.
+            num_frames (`int`, *optional*):
+                Number of frames; `config.default_num_frames` by default. Must be `1 + k * r` with `r` the VAE's
+                temporal compression.
+            num_inference_steps (`int`, defaults to 50):
+                Number of scheduler steps.
+            guidance_scale (`float`, defaults to 5.0):
+                Classifier-free guidance weight `w`: `v = v_uncond + w * (v_cond - v_uncond)`. Guidance (and the
+                second transformer pass per step) is on when `guidance_scale > 1`.
+            num_videos_per_prompt (`int`, defaults to 1):
+                Videos per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Makes generation deterministic; a list needs one generator per video.
+            latents (`torch.Tensor` of shape `(B, C, F_latent, H_latent, W_latent)`, *optional*):
+                Unit-variance starting noise with `B = prompts x num_videos_per_prompt`; drawn from `generator` when
+                not given. It is scaled by the scheduler's `init_noise_sigma` like drawn noise.
+            prompt_embeds (`torch.Tensor` of shape `(B, L, text_embed_dim)`, *optional*):
+                Precomputed text embeddings instead of `prompt`.
+            negative_prompt_embeds (`torch.Tensor` of shape `(B, L', text_embed_dim)`, *optional*):
+                Precomputed negative text embeddings instead of `negative_prompt`.
+            output_type (`str`, defaults to `"np"`):
+                `"np"` (B, F, H, W, 3) in [0, 1]; `"pt"` (B, F, 3, H, W) in [0, 1]; `"pil"` lists of PIL images;
+                `"latent"` the normalised latents, not decoded.
+            return_dict (`bool`, defaults to `True`):
+                Return a [`SpacetimeVideoPipelineOutput`] rather than a tuple.
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer; `{"scale": s}` scales loaded LoRA adapters for this call.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; the tensors
+                it returns (`latents`, `prompt_embeds`, `negative_prompt_embeds`) replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `("latents",)`):
+                Which of `_callback_tensor_inputs` go into `callback_kwargs`.
+            max_sequence_length (`int`, *optional*):
+                Token budget for the prompt; `min(128, tokenizer.model_max_length)` by default.
+            prompt_attention_mask (`torch.Tensor` of shape `(B, L)`, *optional*):
+                Mask for `prompt_embeds` (1 keep, 0 padding); all ones by default.
+            negative_prompt_attention_mask (`torch.Tensor` of shape `(B, L')`, *optional*):
+                Mask for `negative_prompt_embeds`.
+
+        Examples:
+
+        Returns:
+            [`SpacetimeVideoPipelineOutput`] or `tuple`: the videos in `frames`, or `(frames,)` when `return_dict`
+            is False.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs)
+
+        # 1. Defaults from the checkpoint config, then validation
+        height = self._config_default("height", height)
+        width = self._config_default("width", width)
+        num_frames = self._config_default("num_frames", num_frames)
+        self.check_inputs(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_frames,
+            num_inference_steps,
+            guidance_scale,
+            num_videos_per_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            max_sequence_length,
+        )
+        return self._generate(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_videos_per_prompt=num_videos_per_prompt,
+            generator=generator,
+            latents=latents,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
+            output_type=output_type,
+            return_dict=return_dict,
+            attention_kwargs=attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_sequence_length=max_sequence_length,
+        )
+
+    def _generate(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_frames,
+        num_inference_steps,
+        guidance_scale,
+        num_videos_per_prompt,
+        generator,
+        latents,
+        prompt_embeds,
+        negative_prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_attention_mask,
+        output_type,
+        return_dict,
+        attention_kwargs,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        max_sequence_length,
+        condition_latents: torch.Tensor | None = None,
+    ):
+        """The sampling loop shared by the pipelines, on validated inputs.
+
+        `condition_latents` (1 or B, C, n, h, w), normalised, are the clean first `n` latent frames (image-to-video,
+        continuation): they get timestep 0 and are written back after every scheduler step.
+        """
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+        device = self._execution_device
+        transformer_dtype = self.transformer.dtype
+
+        # 2. Text embeddings (B * n, L, D) and masks (B * n, L)
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+            self.encode_prompt(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
+                num_videos_per_prompt=num_videos_per_prompt,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                prompt_attention_mask=prompt_attention_mask,
+                negative_prompt_attention_mask=negative_prompt_attention_mask,
+                max_sequence_length=max_sequence_length,
+                device=device,
+                dtype=transformer_dtype,
+            )
+        )
+        batch_size = prompt_embeds.shape[0]
+
+        # 3. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 4. Starting noise (B * n, C, F_latent, H_latent, W_latent), kept in float32 for the scheduler's arithmetic
+        latents = self.prepare_latents(
+            batch_size,
+            self.transformer.config.in_channels,
+            height,
+            width,
+            num_frames,
+            torch.float32,
+            device,
+            generator,
+            latents,
+        )
+        if condition_latents is not None:
+            # Conditioning frames start (and stay) clean: noise level 0, where every scheduler's sample is the clean
+            # latent, whatever its parameterisation (flow, VE sigmas or VP alphas).
+            num_condition = condition_latents.shape[2]
+            condition_latents = condition_latents.to(device=device, dtype=latents.dtype).expand(
+                batch_size, -1, -1, -1, -1
+            )
+            latents[:, :, :num_condition] = condition_latents
+        step_kwargs = self._scheduler_step_kwargs(generator)
+        sigmas = getattr(self.scheduler, "sigmas", None)
+
+        # 5. Denoising loop
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                latent_model_input = latents
+                if hasattr(self.scheduler, "scale_model_input"):  # flow schedulers have none: input is the sample
+                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                if condition_latents is None:
+                    timestep = t.expand(batch_size)  # (B,)
+                else:
+                    # The model input at noise level 0 is the clean latent for every scheduler (no sigma scaling).
+                    latent_model_input = latent_model_input.clone()
+                    latent_model_input[:, :, :num_condition] = condition_latents
+                    timestep = t.expand(batch_size, latents.shape[2]).clone()  # (B, F_latent): one level per frame
+                    timestep[:, :num_condition] = 0
+                latent_model_input = latent_model_input.to(transformer_dtype)
+                cache_kwargs = {
+                    "step_index": i,
+                    "num_inference_steps": len(timesteps),
+                    "timestep": t,
+                    "sigma": float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None,
+                }
+
+                with self.transformer.cache_context("cond", **cache_kwargs):
+                    noise_pred = self.transformer(
+                        hidden_states=latent_model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=prompt_embeds,
+                        encoder_attention_mask=prompt_attention_mask,
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )[0].float()
+
+                # Two calls rather than one doubled batch: see the module docstring.
+                if self.do_classifier_free_guidance and negative_prompt_embeds is not None:
+                    with self.transformer.cache_context("uncond", **cache_kwargs):
+                        noise_uncond = self.transformer(
+                            hidden_states=latent_model_input,
+                            timestep=timestep,
+                            encoder_hidden_states=negative_prompt_embeds,
+                            encoder_attention_mask=negative_prompt_attention_mask,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )[0].float()
+                    noise_pred = noise_uncond + self._guidance_scale * (noise_pred - noise_uncond)
+
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                if condition_latents is not None:
+                    latents[:, :, :num_condition] = condition_latents  # held clean through every step
+
+                if callback_on_step_end is not None:
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+
+                progress_bar.update()
+        self._current_timestep = None
+
+        # 6. Decode: normalised latents -> VAE latents -> (B, 3, F, H, W) in [-1, 1] -> output_type
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.decode_latents(latents, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return SpacetimeVideoPipelineOutput(frames=video)
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "np"):
+        """Decode normalised latents (B, C, F_latent, h, w) into videos of `output_type` ("np", "pt" or "pil")."""
+        vae_device = get_module_execution_device(self.vae)
+        latents = self.denormalize_latents(latents.to(device=vae_device, dtype=self.vae.dtype))
+        video = self.vae.decode(latents).sample  # (B, 3, F, H, W)
+        return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    def _config_default(self, name: str, value: int | None) -> int:
+        if value is not None:
+            return value
+        default = self.config.get(f"default_{name}")
+        if default is None:
+            raise ValueError(
+                f"`{name}` was not given and the pipeline config has no `default_{name}`: pass `{name}=`, or set "
+                f"the default with `pipe.register_to_config(default_{name}=...)` before saving."
+            )
+        return default

@@ -288,8 +288,8 @@ def test_lora_push_load_by_repo_id_offline_and_card(hub, tokenizer, monkeypatch,
     fresh.load_lora_weights("user/tiny-lora", adapter_name="style", cache_dir=cache)
     np.testing.assert_array_equal(frames(fresh), with_lora)
 
-    # Offline, from the cache. diffusers 0.42 guesses the file name through the Hub API (`model_info`), so offline
-    # (and for private repos) `weight_name` must be given; the cards' snippets pass it.
+    # Offline, from the cache: with no `weight_name`, the loader takes the file `save_lora_weights` writes instead of
+    # asking the Hub API (`model_info`) for the name, as diffusers 0.42 would.
     import diffusers.loaders.lora_base
     import huggingface_hub.constants
 
@@ -298,25 +298,18 @@ def test_lora_push_load_by_repo_id_offline_and_card(hub, tokenizer, monkeypatch,
         offline_mode.setattr(diffusers.loaders.lora_base, "HF_HUB_OFFLINE", True)
         requests_before = len(hub.server.requests)
         offline = SpacetimeVideoPipeline.from_pretrained("user/lora-base", cache_dir=cache, torch_dtype=torch.float32)
-        with pytest.raises(ValueError, match="offline mode, you must specify a `weight_name`"):
-            offline.load_lora_weights("user/tiny-lora", cache_dir=cache)
-        offline.load_lora_weights("user/tiny-lora", weight_name="pytorch_lora_weights.safetensors", cache_dir=cache)
+        offline.load_lora_weights("user/tiny-lora", cache_dir=cache)
         np.testing.assert_array_equal(frames(offline), with_lora)
         assert len(hub.server.requests) == requests_before
 
-    # A private adapter: the token travels with `token=`; again `weight_name` spares the name-guessing API call,
-    # which diffusers makes without the token.
+    # A private adapter: the token travels with `token=`.
     push_lora_to_hub(
         tmp_path / "lora", "user/tiny-lora-private", base_model="user/lora-base", token=hub.token, private=True
     )
     private = SpacetimeVideoPipeline.from_pretrained("user/lora-base", cache_dir=cache, torch_dtype=torch.float32)
     with pytest.raises(OSError, match="private repository, make sure to pass a token"):
-        private.load_lora_weights(
-            "user/tiny-lora-private", weight_name="pytorch_lora_weights.safetensors", cache_dir=cache
-        )
-    private.load_lora_weights(
-        "user/tiny-lora-private", weight_name="pytorch_lora_weights.safetensors", cache_dir=cache, token=hub.token
-    )
+        private.load_lora_weights("user/tiny-lora-private", cache_dir=cache)
+    private.load_lora_weights("user/tiny-lora-private", cache_dir=cache, token=hub.token)
     np.testing.assert_array_equal(frames(private), with_lora)
 
     card = ModelCard.load("user/tiny-lora")

@@ -1,0 +1,74 @@
+"""train_autoencoder.py in-process on generated clips: a few steps, the saved VAE, its latent statistics, NaN stop."""
+
+import json
+
+import pytest
+import torch
+
+from diffusers_spacetime import AutoencoderKLSpacetime
+from training import checkpointing, train_autoencoder
+
+from .conftest import HEIGHT, WIDTH
+
+
+def _args(data_dir, output_dir, *extra):
+    return train_autoencoder.parse_args(
+        ["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--num_frames", "5",
+         "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--lr_warmup_steps", "0",
+         "--num_validation_clips", "2", "--stats_num_samples", "4", "--report_to", "none", *extra]
+    )  # fmt: skip
+
+
+def test_every_flag_has_help():
+    for action in train_autoencoder.build_parser()._actions:
+        assert action.help, action.dest
+
+
+def test_a_few_steps_save_a_vae_with_latent_statistics(shapes_dir, tmp_path):
+    result = train_autoencoder.main(
+        _args(shapes_dir, tmp_path, "--max_train_steps", "3", "--checkpointing_steps", "2", "--validation_steps", "2",
+              "--checkpoints_total_limit", "1", "--report_to", "tensorboard")
+    )  # fmt: skip
+    assert len(result["losses"]) == 3 and all(torch.isfinite(torch.tensor(result["losses"])))
+    assert result["global_step"] == 3 and 0 < result["validation_psnr"] < 60
+    vae = AutoencoderKLSpacetime.from_pretrained(tmp_path / "vae")
+    assert list(vae.config.latents_mean) == pytest.approx(result["latents_mean"])
+    assert len(vae.config.latents_std) == vae.config.latent_channels and min(vae.config.latents_std) > 0
+    assert [step for step, _ in checkpointing.list_checkpoints(tmp_path)] == [2]
+    rows = checkpointing.read_train_log(tmp_path)
+    assert [row["step"] for row in rows] == [1, 2, 3] and rows[0]["loss"] == pytest.approx(result["losses"][0])
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["first_loss"] == pytest.approx(result["losses"][0])
+    assert any((tmp_path / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resume_continues_from_the_checkpoint(shapes_dir, tmp_path):
+    full = train_autoencoder.main(
+        _args(shapes_dir, tmp_path / "a", "--max_train_steps", "3", "--checkpointing_steps", "2")
+    )
+    resumed_dir = tmp_path / "b"
+    resumed_dir.mkdir()
+    (tmp_path / "a" / "checkpoint-2").rename(resumed_dir / "checkpoint-2")
+    resumed = train_autoencoder.main(
+        _args(shapes_dir, resumed_dir, "--max_train_steps", "3", "--checkpointing_steps", "2",
+              "--resume_from_checkpoint", "latest")
+    )  # fmt: skip
+    assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-5, abs=1e-6)
+
+
+def test_bad_clip_size_is_a_clear_error(shapes_dir, tmp_path):
+    with pytest.raises(ValueError, match="num_frames must be 1 \\+ k \\* 4"):
+        train_autoencoder.main(_args(shapes_dir, tmp_path, "--num_frames", "6", "--max_train_steps", "1"))
+
+
+def test_nan_loss_stops_naming_the_step(shapes_dir, tmp_path, monkeypatch):
+    original = AutoencoderKLSpacetime.decode
+
+    def nan_decode(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        output.sample = output.sample * float("nan")
+        return output
+
+    monkeypatch.setattr(AutoencoderKLSpacetime, "decode", nan_decode)
+    with pytest.raises(FloatingPointError, match="at step 1 "):
+        train_autoencoder.main(_args(shapes_dir, tmp_path, "--max_train_steps", "2"))

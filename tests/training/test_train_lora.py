@@ -1,0 +1,242 @@
+"""train_lora.py: flags and their errors, a short run on generated shapes (lower fine-tune loss, changed outputs, the
+adapter file, card, checkpoints and videos, the file reproducing the trained model in a fresh pipeline and from the
+Hub), resume == uninterrupted, mixed precision and the NaN stop."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoTokenizer
+
+from diffusers_spacetime import SpacetimeVideoPipeline
+from tests.hub.conftest import fake_hub_server, hub  # noqa: F401  (fixtures: the in-test Hub)
+from tests.pipelines.conftest import make_pipeline, minilm_path
+from training import checkpointing, train_lora
+
+from .conftest import HEIGHT, NUM_FRAMES, WIDTH
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPT = "a red circle moves from left to right"
+ALL_LINEAR = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (see tests/pipelines/conftest.py)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A saved tiny SpacetimeVideoPipeline (the pipeline tests' components) whose default size is the clips'."""
+    pipe = make_pipeline(AutoTokenizer.from_pretrained(minilm_path()), default_num_frames=NUM_FRAMES)
+    folder = tmp_path_factory.mktemp("base") / "pipeline"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _args(data_dir, base, output_dir, *extra):
+    return train_lora.parse_args(
+        ["--pretrained_model_name_or_path", str(base), "--data_dir", str(data_dir), "--output_dir", str(output_dir),
+         "--num_frames", str(NUM_FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2",
+         "--rank", "4", "--report_to", "none", *extra]
+    )  # fmt: skip
+
+
+def frames(pipe) -> np.ndarray:
+    generator = torch.Generator().manual_seed(0)
+    return pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0, generator=generator, output_type="np").frames
+
+
+def test_every_flag_has_help():
+    for action in train_lora.build_parser()._actions:
+        assert action.help, action.dest
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--rank", "0"], "--rank"),
+        (["--lora_alpha", "-1"], "--lora_alpha"),
+        (["--lora_dropout", "1"], "--lora_dropout"),
+        (["--target_modules", " , "], "--target_modules"),
+        (["--push_to_hub"], "--hub_model_id"),
+        (["--push_to_hub", "--hub_model_id", "user/lora"], "--base_model"),  # a local base has no Hub id
+    ],
+)
+def test_bad_flags_raise_value_errors_naming_the_flag(shapes_dir, base_dir, tmp_path, extra, flag):
+    with pytest.raises(ValueError, match=flag):
+        _args(shapes_dir, base_dir, tmp_path, *extra)
+
+
+def test_bad_base_folder_and_targets_fail_before_training(shapes_dir, base_dir, tmp_path):
+    with pytest.raises(ValueError, match="--pretrained_model_name_or_path: .* neither a folder nor a Hub id"):
+        train_lora.main(_args(shapes_dir, tmp_path / "missing", tmp_path / "out"))
+    with pytest.raises(ValueError, match="--pretrained_model_name_or_path: .* has no model_index.json"):
+        train_lora.main(_args(shapes_dir, base_dir / "transformer", tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"--target_modules \['to_qkv'\] match no linear layer .*'attn1.to_q'"):
+        train_lora.main(_args(shapes_dir, base_dir, tmp_path / "out", "--target_modules", "to_q,to_qkv"))
+    assert not (tmp_path / "out" / "validation").exists()  # failed before rendering anything
+
+
+def test_only_the_adapter_trains(base_dir):
+    args = train_lora.parse_args(
+        ["--pretrained_model_name_or_path", str(base_dir), "--data_dir", ".", "--output_dir", ".", "--rank", "2",
+         "--target_modules", "attn2.to_q,ff.net.2"]
+    )  # fmt: skip
+    pipe = train_lora.load_base_pipeline(args)
+    config = train_lora.add_lora(pipe.transformer, args)
+    assert config.lora_alpha == 2  # default alpha = rank: scale 1
+    trainable = {name for name, param in pipe.transformer.named_parameters() if param.requires_grad}
+    num_layers = pipe.transformer.config.num_layers
+    assert len(trainable) == 2 * 2 * num_layers  # lora_A and lora_B of two layers per block
+    assert all(".attn2.to_q.lora_" in name or ".ff.net.2.lora_" in name for name in trainable)
+    assert not any(param.requires_grad for param in pipe.text_encoder.parameters())
+    assert not any(param.requires_grad for param in pipe.vae.parameters())
+
+
+def test_a_short_run_learns_saves_loads_and_pushes(shapes_dir, base_dir, tmp_path, hub):  # noqa: F811
+    result = train_lora.main(
+        _args(shapes_dir, base_dir, tmp_path, "--max_train_steps", "6", "--learning_rate", "3e-3",
+              "--lora_alpha", "8", "--target_modules", ALL_LINEAR, "--gradient_checkpointing",
+              "--checkpointing_steps", "3", "--checkpoints_total_limit", "1", "--num_eval_clips", "4",
+              "--validation_prompt", PROMPT, "--validation_inference_steps", "2",
+              "--push_to_hub", "--hub_model_id", "user/shapes-lora", "--hub_token", hub.token,
+              "--base_model", "user/spacetime-base")
+    )  # fmt: skip
+    # Training lowered the loss on the fine-tune set (same clips, noise and timesteps before and after).
+    assert len(result["losses"]) == 6 and np.isfinite(result["losses"]).all()
+    assert result["eval_loss_after"] < result["eval_loss_before"]
+
+    # The adapter file: diffusers keys prefixed `transformer.`, the LoRA config in its metadata.
+    lora_path = tmp_path / "lora"
+    with safe_open(str(lora_path / "pytorch_lora_weights.safetensors"), framework="pt") as handle:
+        keys, metadata = list(handle.keys()), json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert keys and all(key.startswith("transformer.blocks.") and ".lora_" in key for key in keys)
+    assert len(keys) == 2 * (2 * 4 + 2) * 2  # blocks x (attentions x projections + feed-forward) x (A, B)
+    assert metadata["transformer.r"] == 4 and metadata["transformer.lora_alpha"] == 8
+    assert sorted(metadata["transformer.target_modules"]) == sorted(ALL_LINEAR.split(","))
+    assert result["adapter_bytes"] == (lora_path / "pytorch_lora_weights.safetensors").stat().st_size
+
+    # Checkpoints hold the adapter, not the frozen base; the limit keeps the last one.
+    assert [step for step, _ in checkpointing.list_checkpoints(tmp_path)] == [6]
+    checkpoint_files = {path.name for path in (tmp_path / "checkpoint-6").iterdir()}
+    assert "pytorch_lora_weights.safetensors" in checkpoint_files
+    assert not any(name.startswith("model") for name in checkpoint_files)
+
+    # Validation videos of the base (step 0) and of the saved adapter (step 6); the card.
+    assert (tmp_path / "validation" / "step-0" / "00.mp4").exists()
+    assert (tmp_path / "validation" / "step-6" / "00.mp4").exists()
+    card = (lora_path / "README.md").read_text()
+    for fact in ("base_model: user/spacetime-base", "rank 4, alpha 8", "| Optimizer steps | 6 |",
+                 "Fine-tune set loss, with adapter", "`ff.net.2`", "| Gradient checkpointing | yes |"):  # fmt: skip
+        assert fact in card, fact
+
+    # A fresh pipeline with the saved file is the trained model: same fine-tune loss, other outputs than the base.
+    fresh = SpacetimeVideoPipeline.from_pretrained(base_dir)
+    fresh.set_progress_bar_config(disable=True)
+    base = frames(fresh)
+    fresh.load_lora_weights(lora_path, adapter_name="shapes")
+    with_lora = frames(fresh)
+    assert not np.allclose(with_lora, base, atol=1e-3)
+    args = _args(shapes_dir, base_dir, tmp_path, "--num_eval_clips", "4")
+    eval_set = train_lora.make_eval_set(
+        train_lora.dataset_from_args(args), train_lora.collate_videos, fresh, args, torch.device("cpu"), torch.float32
+    )
+    scheduler = train_lora.FlowMatchEulerDiscreteScheduler.from_config(fresh.scheduler.config)
+    reloaded_loss = train_lora.evaluate_loss(fresh.transformer, eval_set, scheduler, args, patch_frames=1)
+    assert reloaded_loss == pytest.approx(result["eval_loss_after"], rel=1e-5)
+
+    # The pushed repo: the card names the base, and the adapter loads by repo id.
+    by_id = SpacetimeVideoPipeline.from_pretrained(base_dir)
+    by_id.set_progress_bar_config(disable=True)
+    by_id.load_lora_weights("user/shapes-lora", adapter_name="shapes", cache_dir=hub.cache_dir)
+    np.testing.assert_array_equal(frames(by_id), with_lora)
+
+
+def test_resume_reproduces_the_uninterrupted_losses_and_adapter(shapes_dir, base_dir, tmp_path):
+    # 12 clips, batch 2, accumulation 2: 3 steps per epoch; resuming at step 2 skips 4 batches, then crosses an epoch.
+    common = ["--max_train_steps", "5", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "2",
+              "--learning_rate", "1e-3", "--lora_dropout", "0.2", "--caption_dropout", "0.3", "--cache_latents",
+              "--num_eval_clips", "0", "--validation_prompt"]  # fmt: skip
+    full = train_lora.main(_args(shapes_dir, base_dir, tmp_path / "full", *common))
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", resumed_dir / "checkpoint-2")
+    (resumed_dir / ".tmp-checkpoint-4").mkdir()  # what a kill during a save leaves behind
+    resumed = train_lora.main(_args(shapes_dir, base_dir, resumed_dir, *common, "--resume_from_checkpoint", "latest"))
+    assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-6)
+    assert not (resumed_dir / ".tmp-checkpoint-4").exists()
+    with (
+        safe_open(str(tmp_path / "full" / "lora" / "pytorch_lora_weights.safetensors"), "pt") as expected,
+        safe_open(str(resumed_dir / "lora" / "pytorch_lora_weights.safetensors"), "pt") as actual,
+    ):
+        for key in expected.keys():
+            torch.testing.assert_close(actual.get_tensor(key), expected.get_tensor(key), rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_keeps_the_adapter_float32(shapes_dir, base_dir, tmp_path):
+    result = train_lora.main(
+        _args(shapes_dir, base_dir, tmp_path, "--max_train_steps", "1", "--mixed_precision", "bf16",
+              "--num_eval_clips", "1", "--validation_prompt")
+    )  # fmt: skip
+    assert np.isfinite(result["losses"]).all() and np.isfinite(result["eval_loss_after"])
+    with safe_open(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.float32}
+
+
+def test_nan_loss_stops_naming_the_step(shapes_dir, base_dir, tmp_path, monkeypatch):
+    original = train_lora.flow_matching_loss
+    calls = []
+
+    def nan_on_second_step(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train_lora, "flow_matching_loss", nan_on_second_step)
+    with pytest.raises(FloatingPointError, match="at step 2 "):
+        train_lora.main(
+            _args(shapes_dir, base_dir, tmp_path, "--max_train_steps", "3", "--num_eval_clips", "0",
+                  "--validation_prompt")
+        )  # fmt: skip
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_accelerate_launch(shapes_dir, base_dir, tmp_path):
+    # DDP: the checkpoint hooks save the adapter once (main process) and every process its RNG state.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+        str(REPO / "training" / "train_lora.py"), "--pretrained_model_name_or_path", str(base_dir),
+        "--data_dir", str(shapes_dir), "--output_dir", str(tmp_path), "--num_frames", str(NUM_FRAMES),
+        "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--rank", "4",
+        "--max_train_steps", "2", "--checkpointing_steps", "2", "--num_eval_clips", "1", "--report_to", "none",
+        "--validation_prompt",
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "x 2 processes" in completed.stderr
+    files = sorted(path.name for path in (tmp_path / "checkpoint-2").iterdir())
+    assert files == ["optimizer.bin", "pytorch_lora_weights.safetensors", "random_states_0.pkl",
+                     "random_states_1.pkl", "scheduler.bin", "training_state.json"]  # fmt: skip
+    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["eval_loss_before"] is not None and (tmp_path / "lora" / "README.md").exists()

@@ -1,0 +1,222 @@
+"""train_text_to_video.py: a few steps in-process, resume == uninterrupted, caches, conditioning frames, the final
+pipeline folder, NaN stop, and a two-process accelerate launch."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from diffusers_spacetime import SpacetimeVideoPipeline
+from training import checkpointing, train_autoencoder, train_text_to_video
+
+from .conftest import HEIGHT, NUM_FRAMES, WIDTH
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_VAE = str(REPO / "training" / "configs" / "vae_tiny.json")
+
+
+def _args(data_dir, output_dir, *extra):
+    return train_text_to_video.parse_args(
+        ["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--num_frames", str(NUM_FRAMES),
+         "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--lr_warmup_steps", "1",
+         "--report_to", "none", *extra]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_vae(shapes_dir, tmp_path_factory):
+    """A tiny VAE after one step of train_autoencoder.py: its config carries latents_mean / latents_std."""
+    output_dir = tmp_path_factory.mktemp("vae")
+    train_autoencoder.main(
+        train_autoencoder.parse_args(
+            ["--data_dir", str(shapes_dir), "--output_dir", str(output_dir), "--num_frames", "5",
+             "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--max_train_steps", "1",
+             "--stats_num_samples", "4", "--num_validation_clips", "2", "--report_to", "none"]
+        )
+    )  # fmt: skip
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return output_dir / "vae"
+
+
+def test_every_flag_has_help():
+    for action in train_text_to_video.build_parser()._actions:
+        assert action.help, action.dest
+
+
+def test_exactly_one_vae_source(shapes_dir, tmp_path):
+    with pytest.raises(SystemExit):
+        train_text_to_video.parse_args(["--data_dir", str(shapes_dir), "--output_dir", str(tmp_path)])
+
+
+def test_a_few_steps_write_a_pipeline_that_loads_and_generates(shapes_dir, trained_vae, tmp_path):
+    result = train_text_to_video.main(
+        _args(shapes_dir, tmp_path, "--pretrained_vae_path", str(trained_vae), "--max_train_steps", "2",
+              "--gradient_accumulation_steps", "2", "--use_ema", "--gradient_checkpointing", "--cache_latents",
+              "--condition_frames_prob", "0.5", "--max_condition_frames", "2", "--checkpointing_steps", "1",
+              "--checkpoints_total_limit", "1", "--validation_steps", "1", "--validation_inference_steps", "2",
+              "--validation_prompts", "a red circle moves from left to right")
+    )  # fmt: skip
+    assert len(result["losses"]) == 2 and all(torch.isfinite(torch.tensor(result["losses"])))
+    assert [step for step, _ in checkpointing.list_checkpoints(tmp_path)] == [2]
+    assert (tmp_path / "checkpoint-2" / "custom_checkpoint_0.pkl").exists()  # the EMA state
+    assert (tmp_path / "validation" / "step-1" / "00.mp4").exists() and result["validation_videos"]
+
+    pipe = SpacetimeVideoPipeline.from_pretrained(result["pipeline_path"])
+    assert (pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames) == (
+        HEIGHT,
+        WIDTH,
+        NUM_FRAMES,
+    )
+    assert list(pipe.vae.config.latents_mean) == list(
+        json.loads((trained_vae / "config.json").read_text())["latents_mean"]
+    )
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    video = pipe("a blue square moves slowly from top to bottom", num_inference_steps=2, output_type="np").frames
+    assert video.shape == (1, NUM_FRAMES, HEIGHT, WIDTH, 3) and ((0 <= video) & (video <= 1)).all()
+
+
+def test_resume_reproduces_the_uninterrupted_losses(shapes_dir, tmp_path):
+    # 12 clips, batch 2, accumulation 2: 3 steps per epoch, so step 5 resumes inside epoch 1 (not at a boundary)
+    common = ["--vae_config", TINY_VAE, "--max_train_steps", "6", "--gradient_accumulation_steps", "2",
+              "--checkpointing_steps", "2", "--use_ema", "--condition_frames_prob", "0.5", "--validation_prompts"]  # fmt: skip
+    full = train_text_to_video.main(_args(shapes_dir, tmp_path / "full", *common))
+    for step in (2, 4):
+        resumed_dir = tmp_path / f"from-{step}"
+        resumed_dir.mkdir()
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", resumed_dir / f"checkpoint-{step}")
+        # What a kill leaves behind: a half-written checkpoint and one without its completion marker
+        (resumed_dir / f".tmp-checkpoint-{step + 2}").mkdir()
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", resumed_dir / "checkpoint-99")
+        (resumed_dir / "checkpoint-99" / checkpointing.COMPLETE_MARKER).unlink()
+        assert checkpointing.latest_checkpoint(resumed_dir).name == f"checkpoint-{step}"
+        resumed = train_text_to_video.main(
+            _args(shapes_dir, resumed_dir, *common, "--resume_from_checkpoint", "latest")
+        )
+        assert resumed["losses"] == pytest.approx(full["losses"][step:], rel=1e-6), step
+        assert not (resumed_dir / f".tmp-checkpoint-{step + 2}").exists()
+
+
+def test_cached_latents_give_the_same_loss(shapes_dir, tmp_path):
+    common = ["--vae_config", TINY_VAE, "--max_train_steps", "1", "--validation_prompts", "--caption_dropout", "0.5"]
+    plain = train_text_to_video.main(_args(shapes_dir, tmp_path / "plain", *common))
+    cached = train_text_to_video.main(_args(shapes_dir, tmp_path / "cached", *common, "--cache_latents"))
+    assert cached["losses"] == pytest.approx(plain["losses"], rel=1e-4)
+    assert len(list((tmp_path / "cached" / "cache").glob("*.pt"))) == 12
+
+
+def test_attention_span_frame_trains_the_per_frame_baseline(shapes_dir, tmp_path):
+    result = train_text_to_video.main(
+        _args(shapes_dir, tmp_path, "--vae_config", TINY_VAE, "--max_train_steps", "1", "--attention_span", "frame",
+              "--validation_prompts")
+    )  # fmt: skip
+    config = json.loads((Path(result["pipeline_path"]) / "transformer" / "config.json").read_text())
+    assert config["attention_span"] == "frame"
+
+
+def test_nan_loss_stops_naming_the_step(shapes_dir, tmp_path, monkeypatch):
+    original = train_text_to_video.flow_matching_loss
+    calls = []
+
+    def nan_on_second_step(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train_text_to_video, "flow_matching_loss", nan_on_second_step)
+    with pytest.raises(FloatingPointError, match="at step 2 "):
+        train_text_to_video.main(_args(shapes_dir, tmp_path, "--vae_config", TINY_VAE, "--max_train_steps", "3"))
+
+
+class _RecordingTransformer(torch.nn.Module):
+    """Returns the flow target on noisy frames and garbage on clean ones; records the timestep it got."""
+
+    def __init__(self, latents, noise_holder):
+        super().__init__()
+        self.latents, self.noise_holder, self.timesteps = latents, noise_holder, []
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, return_dict):
+        self.timesteps.append(timestep)
+        noise = self.noise_holder[0]
+        prediction = (noise - self.latents).clone()
+        clean = (hidden_states == self.latents).flatten(3).all(-1).all(1)  # (B, F): inputs equal to x0
+        prediction[clean[:, None, :, None, None].expand_as(prediction)] = 1e6
+        return (prediction,)
+
+
+def test_conditioning_frames_are_clean_at_timestep_zero_and_out_of_the_loss(monkeypatch):
+    latents = torch.randn(4, 4, 5, 2, 2, generator=torch.Generator().manual_seed(123))  # not the noise's seed
+    noise_holder = []
+    original_randn = torch.randn
+
+    def recording_randn(*args, **kwargs):
+        value = original_randn(*args, **kwargs)
+        noise_holder.append(value)
+        return value
+
+    monkeypatch.setattr(train_text_to_video.torch, "randn", recording_randn)
+    transformer = _RecordingTransformer(latents, noise_holder)
+    args = SimpleNamespace(
+        weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+        condition_frames_prob=1.0, max_condition_frames=2,
+    )  # fmt: skip
+    loss = train_text_to_video.flow_matching_loss(
+        transformer, latents, torch.zeros(4, 3, 8), torch.ones(4, 3), FlowMatchEulerDiscreteScheduler(), args,
+        torch.Generator().manual_seed(0), patch_frames=1,
+    )  # fmt: skip
+    assert loss.item() == 0.0  # the garbage predicted for clean frames is not in the loss
+    timestep = transformer.timesteps[0]
+    assert timestep.shape == (4, 5)
+    assert (timestep[:, 0] == 0).all() and (timestep[:, 2:] > 0).all()  # 1 or 2 clean frames, never all
+    assert {int((row == 0).sum()) for row in timestep} <= {1, 2}
+
+    args.condition_frames_prob = 0.0  # off: a (B,) timestep, as plain text-to-video
+    train_text_to_video.flow_matching_loss(
+        transformer, latents, torch.zeros(4, 3, 8), torch.ones(4, 3), FlowMatchEulerDiscreteScheduler(), args,
+        torch.Generator().manual_seed(0), patch_frames=1,
+    )  # fmt: skip
+    assert transformer.timesteps[1].shape == (4,)
+
+
+def test_condition_mask_respects_tubelets():
+    mask = train_text_to_video.condition_mask(64, 6, 1.0, 4, 2, torch.Generator().manual_seed(0))
+    counts = mask.sum(1)
+    assert set(counts.tolist()) <= {2, 4} and (mask[:, 0]).all()  # whole tubelets of 2, one noisy tubelet kept
+    assert not train_text_to_video.condition_mask(8, 1, 1.0, 4, 1, torch.Generator()).any()  # one frame: none
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_accelerate_launch(shapes_dir, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+        str(REPO / "training" / "train_text_to_video.py"), "--data_dir", str(shapes_dir), "--output_dir", str(tmp_path),
+        "--num_frames", str(NUM_FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2",
+        "--max_train_steps", "2", "--checkpointing_steps", "2", "--vae_config", TINY_VAE, "--report_to", "none",
+        "--validation_prompts",
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "x 2 processes" in completed.stderr
+    assert sorted(path.name for path in (tmp_path / "checkpoint-2").glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2]  # only the main process writes
+    assert (tmp_path / "pipeline" / "model_index.json").exists()

@@ -1,0 +1,400 @@
+"""Train `AutoencoderKLSpacetime` on a video folder with accelerate: reconstruction + KL, PSNR on held-out clips.
+
+    accelerate launch training/train_autoencoder.py --data_dir data/shapes --vae_config training/configs/vae_tiny.json \
+        --output_dir runs/vae-tiny --max_train_steps 2000
+
+Loss: L1 (or MSE) reconstruction of a posterior sample, plus `--kl_weight` x KL(q(z|x) || N(0, I)) summed over the
+latent and divided by the number of pixel values (LDM/diffusers' normalisation, so their 1e-6 carries over). No
+perceptual (LPIPS) or adversarial loss: LPIPS needs pretrained VGG weights that cannot be downloaded here, a GAN
+term adds a second model and its instabilities, and the synthetic shapes reconstruct sharply without either; large
+real-video runs would want both.
+
+At the end the script computes the per-channel mean and std of the latents (posterior modes) over up to
+`--stats_num_samples` training clips, stores them as `latents_mean` / `latents_std` in the VAE config (the pipeline
+normalises latents with them), and saves the VAE to `output_dir/vae` (loadable with `from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (accelerate launch training/train_autoencoder.py): find `training`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from diffusers_spacetime import AutoencoderKLSpacetime
+from training import checkpointing
+from training.data import (
+    FrameCountBatchSampler,
+    add_data_arguments,
+    collate_videos,
+    dataset_from_args,
+    make_dataloader,
+)
+
+logger = get_logger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags, each with its help."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_data_arguments(parser)
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--vae_config",
+        default=str(CONFIG_DIR / "vae_tiny.json"),
+        help="JSON file of AutoencoderKLSpacetime arguments for a fresh model (training/configs/vae_{tiny,small,base}.json).",
+    )
+    group.add_argument(
+        "--pretrained_vae_path", default=None, help="Continue from a saved VAE folder instead of --vae_config."
+    )
+    group.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute activations in backward to save memory."
+    )
+    group = parser.add_argument_group("loss")
+    group.add_argument(
+        "--reconstruction_loss", choices=("l1", "mse"), default="l1", help="Per-pixel reconstruction loss."
+    )
+    group.add_argument(
+        "--kl_weight", type=float, default=1e-6, help="Weight of the KL term (see the module docstring)."
+    )
+    group = parser.add_argument_group("optimisation")
+    group.add_argument(
+        "--output_dir", required=True, help="Run folder: checkpoints, logs, train_log.jsonl and the final vae/."
+    )
+    group.add_argument("--seed", type=int, default=0, help="Seed of the model init, data order and posterior samples.")
+    group.add_argument("--train_batch_size", type=int, default=4, help="Clips per process per micro-batch.")
+    group.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless --max_train_steps is set.")
+    group.add_argument(
+        "--max_train_steps", type=int, default=None, help="Optimizer steps in total; overrides --num_train_epochs."
+    )
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
+    group.add_argument(
+        "--lr_scheduler",
+        default="constant_with_warmup",
+        help="diffusers.optimization.get_scheduler name: linear, cosine, constant, constant_with_warmup, ...",
+    )
+    group.add_argument("--lr_warmup_steps", type=int, default=100, help="Warm-up optimizer steps.")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    group.add_argument("--adam_weight_decay", type=float, default=1e-4, help="AdamW weight decay.")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    group.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="Autocast precision; default: the accelerate config's (no on CPU).",
+    )
+    group.add_argument(
+        "--report_to", default="tensorboard", help="accelerate tracker: tensorboard, wandb, all or none."
+    )
+    checkpointing.add_checkpoint_arguments(parser)
+    group = parser.add_argument_group("validation and latent statistics")
+    group.add_argument(
+        "--validation_data_dir",
+        default=None,
+        help="Folder of held-out clips for PSNR; default: --num_validation_clips files held out of --data_dir.",
+    )
+    group.add_argument(
+        "--num_validation_clips",
+        type=int,
+        default=4,
+        help="Files held out of --data_dir when no --validation_data_dir.",
+    )
+    group.add_argument(
+        "--validation_steps", type=int, default=200, help="Measure validation PSNR every n optimizer steps."
+    )
+    group.add_argument(
+        "--stats_num_samples",
+        type=int,
+        default=256,
+        help="Training clips over which latents_mean/latents_std are computed.",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+class _AutoencoderWithPosterior(torch.nn.Module):
+    """Encode -> sample -> decode in one forward, so DDP/FSDP see every parameter used through `forward`."""
+
+    def __init__(self, vae: AutoencoderKLSpacetime):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None):
+        posterior = self.vae.encode(pixel_values).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, F, H, W)
+        return reconstruction, posterior.mean, posterior.logvar
+
+
+def step_generator(seed: int, micro_step: int, process_index: int, device: torch.device) -> torch.Generator:
+    """The random numbers of one micro-step depend on (seed, micro-step, process) only: resuming reproduces them."""
+    state = int(np.random.SeedSequence([seed, micro_step, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(state)
+
+
+def load_json_config(path: str | Path) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of videos in [-1, 1], measured on [0, 1]."""
+    mse = ((prediction.clamp(-1, 1) - target) / 2).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def validation_psnr(vae: AutoencoderKLSpacetime, dataset, device: torch.device) -> float:
+    """Mean PSNR of decode(mode(encode(x))) over a dataset, one clip at a time."""
+    was_training = vae.training
+    vae.eval()
+    values = []
+    for index in range(len(dataset)):
+        pixel_values = dataset[index]["pixel_values"][None].to(device)  # (1, 3, F, H, W)
+        latents = vae.encode(pixel_values).latent_dist.mode()
+        values.append(psnr(vae.decode(latents).sample.float(), pixel_values))
+    vae.train(was_training)
+    return float(np.mean(values))
+
+
+@torch.no_grad()
+def latent_statistics(vae, dataset, accelerator, num_samples: int, batch_size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of posterior modes over up to `num_samples` clips, sharded over processes."""
+    indices = list(range(min(num_samples, len(dataset))))[accelerator.process_index :: accelerator.num_processes]
+    subset = torch.utils.data.Subset(dataset, indices)
+    sampler = FrameCountBatchSampler(
+        [dataset.frame_counts[i] for i in indices], batch_size, shuffle=False, drop_last=False
+    )
+    loader = torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate_videos)
+    channels = vae.config.latent_channels
+    totals = torch.zeros(3, channels, dtype=torch.float64, device=accelerator.device)  # count, sum, sum of squares
+    vae.eval()
+    for batch in loader:
+        latents = vae.encode(batch["pixel_values"].to(accelerator.device)).latent_dist.mode().double()
+        latents = latents.transpose(0, 1).flatten(1)  # (C, B*F*H*W)
+        totals[0] += latents.shape[1]
+        totals[1] += latents.sum(1)
+        totals[2] += latents.pow(2).sum(1)
+    totals = accelerator.reduce(totals, reduction="sum")
+    mean = totals[1] / totals[0]
+    std = (totals[2] / totals[0] - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _tracker_config(args: argparse.Namespace) -> dict:
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()
+    }
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Trains; returns {"losses": [per-step loss], "global_step", "validation_psnr", "latents_mean", "latents_std", "vae_path"}."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    # Subnormal floats in freshly initialised models made the first CPU steps of vae_tiny 10-40x slower; flushing
+    # them to zero changes nothing a training run can see (the CPU flag; a no-op elsewhere).
+    torch.set_flush_denormal(True)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        checkpointing.remove_stale(output_dir)
+
+    # 1. Model
+    if args.pretrained_vae_path:
+        vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path)
+    else:
+        vae = AutoencoderKLSpacetime.from_config(load_json_config(args.vae_config))
+    temporal, spatial = vae.temporal_compression_ratio, vae.spatial_compression_ratio
+    if (args.num_frames - 1) % temporal:
+        raise ValueError(f"--num_frames must be 1 + k * {temporal} for this VAE, got {args.num_frames}")
+    if args.height % spatial or args.width % spatial:
+        raise ValueError(f"--height and --width must be multiples of {spatial}, got {args.height}x{args.width}")
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    model = _AutoencoderWithPosterior(vae)
+
+    # 2. Data: training clips and held-out clips for PSNR
+    dataset = dataset_from_args(args)
+    if args.validation_data_dir:
+        train_dataset, validation_dataset = dataset, dataset_from_args(args, args.validation_data_dir)
+    else:
+        train_dataset, validation_dataset = dataset.split(args.num_validation_clips, seed=args.seed)
+    logger.info(
+        f"Data {dataset.format_summary()}; {len(train_dataset)} training, {len(validation_dataset)} validation"
+    )
+    train_dataloader = make_dataloader(
+        train_dataset, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
+    )
+    batch_sampler = train_dataloader.batch_sampler
+
+    # 3. Optimizer and schedule (the prepared scheduler steps once per process per optimizer step)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # per-process batches
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    lr_scheduler = accelerator.prepare(lr_scheduler)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train_autoencoder", config=_tracker_config(args))
+
+    # 4. Resume
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    resume_path = checkpointing.resolve_resume_path(output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and resume_path is None:
+        logger.info("No complete checkpoint to resume from: starting a fresh run")
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        global_step = checkpointing.read_training_state(resume_path)["global_step"]
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+        if accelerator.is_main_process:
+            checkpointing.truncate_train_log(output_dir, global_step)
+        logger.info(f"Resumed from {resume_path} at step {global_step}")
+
+    # 5. Training loop
+    logger.info(
+        f"{len(train_dataset)} clips, {num_epochs} epochs, {max_train_steps} steps of "
+        f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation"
+    )
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    unwrapped_vae = accelerator.unwrap_model(model).vae
+    losses, step_loss, step_parts, skipped_files = [], 0.0, np.zeros(2), set()
+    micro_step, step_start = global_step * args.gradient_accumulation_steps, time.perf_counter()
+    for epoch in range(first_epoch, num_epochs):
+        batch_sampler.set_epoch(epoch)
+        train_dataset.set_epoch(epoch)
+        loader = train_dataloader
+        if epoch == first_epoch and skip_batches:
+            loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
+        # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which counts from 0 in a
+        # resumed run (and in a skip loader): give it the real epoch, or a resumed run sees another data order.
+        loader.set_epoch(epoch)
+        for batch in loader:
+            skipped_files.update(batch["skipped"])
+            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            micro_step += 1
+            with accelerator.accumulate(model):
+                pixel_values = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]
+                reconstruction, mean, logvar = model(pixel_values, generator)
+                reconstruction = reconstruction.float()
+                if args.reconstruction_loss == "l1":
+                    reconstruction_loss = (reconstruction - pixel_values).abs().mean()
+                else:
+                    reconstruction_loss = (reconstruction - pixel_values).pow(2).mean()
+                mean, logvar = mean.float(), logvar.float()
+                kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum() / pixel_values.numel()
+                loss = reconstruction_loss + args.kl_weight * kl
+
+                parts = accelerator.gather(torch.stack([loss, reconstruction_loss, kl]).detach()[None]).mean(0)
+                if not torch.isfinite(parts[0]):
+                    raise FloatingPointError(
+                        f"Loss is {parts[0].item()} at step {global_step + 1} (epoch {epoch}): stopping. Lower "
+                        "--learning_rate, or resume from the last checkpoint with --mixed_precision no."
+                    )
+                step_loss += parts[0].item() / args.gradient_accumulation_steps
+                step_parts += parts[1:].cpu().numpy() / args.gradient_accumulation_steps
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            step_time, step_start = time.perf_counter() - step_start, time.perf_counter()
+            lr = lr_scheduler.get_last_lr()[0]
+            logs = {"loss": step_loss, "reconstruction": step_parts[0], "kl": step_parts[1], "lr": lr}
+            accelerator.log(logs, step=global_step)
+            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            progress.update(1)
+            losses.append(step_loss)
+            if accelerator.is_main_process:
+                checkpointing.append_train_log(
+                    output_dir, {"step": global_step, **{k: float(v) for k, v in logs.items()}, "step_time": step_time}
+                )
+            step_loss, step_parts = 0.0, np.zeros(2)
+
+            if global_step % args.checkpointing_steps == 0:
+                checkpointing.save_checkpoint(
+                    accelerator, output_dir, global_step, args.checkpoints_total_limit, epoch=epoch
+                )
+            if global_step % args.validation_steps == 0:
+                if accelerator.is_main_process:
+                    value = validation_psnr(unwrapped_vae, validation_dataset, accelerator.device)
+                    accelerator.log({"validation_psnr": value}, step=global_step)
+                    logger.info(f"Step {global_step}: validation PSNR {value:.2f} dB")
+                accelerator.wait_for_everyone()
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+    if skipped_files:
+        logger.warning(f"{len(skipped_files)} files failed to decode during training: {sorted(skipped_files)}")
+
+    # 6. Latent statistics, final validation, save
+    accelerator.wait_for_everyone()
+    latents_mean, latents_std = latent_statistics(
+        unwrapped_vae, train_dataset, accelerator, args.stats_num_samples, args.train_batch_size
+    )
+    result = {"losses": losses, "global_step": global_step, "latents_mean": latents_mean, "latents_std": latents_std}
+    if accelerator.is_main_process:
+        result["validation_psnr"] = validation_psnr(unwrapped_vae, validation_dataset, accelerator.device)
+        accelerator.log({"validation_psnr": result["validation_psnr"]}, step=global_step)
+        unwrapped_vae.register_to_config(latents_mean=latents_mean, latents_std=latents_std)
+        vae_path = checkpointing.save_folder_atomically(unwrapped_vae.save_pretrained, output_dir / "vae")
+        result["vae_path"] = str(vae_path)
+        summary = {key: value for key, value in result.items() if key != "losses"}
+        summary.update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None)
+        (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        logger.info(f"Saved {vae_path}; validation PSNR {result['validation_psnr']:.2f} dB")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
