@@ -16,6 +16,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job: a video from a prompt with the shipped model (or, until one ships, an untrained tiny pipeline that
+# the CLI builds and says so). Writes outputs/video.mp4 and outputs/video.gif.
+PROMPT ?= a red circle moves from left to right
+MODEL ?=
+generate: install
+	mkdir -p outputs
+	$(VENV)/bin/spacetime-generate "$(PROMPT)" $(if $(MODEL),--model "$(MODEL)",) --output outputs/video.mp4 --gif
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 

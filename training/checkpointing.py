@@ -15,7 +15,10 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
+
+import torch
 
 COMPLETE_MARKER = "training_state.json"
 TRAIN_LOG = "train_log.jsonl"
@@ -185,3 +188,14 @@ def add_checkpoint_arguments(parser) -> None:
         default=None,
         help="A checkpoint folder, or 'latest' for the newest complete one in output_dir (a fresh start if none).",
     )
+
+
+def out_of_time(accelerator, start: float, limit: float | None) -> bool:
+    """Whether `limit` seconds (--max_train_time) have passed since `start` (time.monotonic()), on any process.
+
+    Every process gets the same answer (a max over processes), so all of them stop after the same step.
+    """
+    if not limit:
+        return False
+    expired = torch.tensor([float(time.monotonic() - start >= limit)], device=accelerator.device)
+    return bool(accelerator.reduce(expired, reduction="max").item())

@@ -405,7 +405,7 @@ class VideoFolderDataset(Dataset):
                 "pixel_values": pixel_values,
                 "caption": entry.caption,
                 "file_name": entry.file_name,
-                "index": candidate,
+                "index": index,  # the slot this sample fills (the file may be a substitute: see `skipped`)
                 "skipped": failed,
             }
         raise RuntimeError(f"{len(failed)} files in a row failed to decode near {self.entries[index].file_name}")

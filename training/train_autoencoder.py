@@ -9,7 +9,7 @@ perceptual (LPIPS) or adversarial loss: LPIPS needs pretrained VGG weights that 
 term adds a second model and its instabilities, and the synthetic shapes reconstruct sharply without either; large
 real-video runs would want both.
 
-At the end the script computes the per-channel mean and std of the latents (posterior modes) over up to
+At the end the script computes the per-channel mean and std of the latents (posterior samples) over up to
 `--stats_num_samples` training clips, stores them as `latents_mean` / `latents_std` in the VAE config (the pipeline
 normalises latents with them), and saves the VAE to `output_dir/vae` (loadable with `from_pretrained`).
 """
@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless --max_train_steps is set.")
     group.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps in total; overrides --num_train_epochs."
+    )
+    group.add_argument(
+        "--max_train_time",
+        type=float,
+        default=None,
+        help="Stop after this many seconds of training in this run (a job's time limit), then save as at the end. "
+        "With --lr_scheduler constant_with_warmup the result equals a run of that many steps.",
     )
     group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
@@ -180,7 +187,11 @@ def validation_psnr(vae: AutoencoderKLSpacetime, dataset, device: torch.device) 
 
 @torch.no_grad()
 def latent_statistics(vae, dataset, accelerator, num_samples: int, batch_size: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of posterior modes over up to `num_samples` clips, sharded over processes."""
+    """Per-channel mean and std of posterior samples over up to `num_samples` clips, sharded over processes.
+
+    Samples, not modes: the text-to-video script trains on posterior samples, so these are the statistics of what
+    the transformer sees (early in VAE training the posterior std still dominates the spread of the means).
+    """
     indices = list(range(min(num_samples, len(dataset))))[accelerator.process_index :: accelerator.num_processes]
     subset = torch.utils.data.Subset(dataset, indices)
     sampler = FrameCountBatchSampler(
@@ -190,8 +201,10 @@ def latent_statistics(vae, dataset, accelerator, num_samples: int, batch_size: i
     channels = vae.config.latent_channels
     totals = torch.zeros(3, channels, dtype=torch.float64, device=accelerator.device)  # count, sum, sum of squares
     vae.eval()
+    generator = torch.Generator(device=accelerator.device).manual_seed(accelerator.process_index)
     for batch in loader:
-        latents = vae.encode(batch["pixel_values"].to(accelerator.device)).latent_dist.mode().double()
+        posterior = vae.encode(batch["pixel_values"].to(accelerator.device)).latent_dist
+        latents = posterior.sample(generator=generator).double()  # (B, C, F', h, w)
         latents = latents.transpose(0, 1).flatten(1)  # (C, B*F*H*W)
         totals[0] += latents.shape[1]
         totals[1] += latents.sum(1)
@@ -301,7 +314,10 @@ def main(args: argparse.Namespace) -> dict:
     unwrapped_vae = accelerator.unwrap_model(model).vae
     losses, step_loss, step_parts, skipped_files = [], 0.0, np.zeros(2), set()
     micro_step, step_start = global_step * args.gradient_accumulation_steps, time.perf_counter()
+    train_start = time.monotonic()
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:  # resumed from the final step: nothing left to train
+            break
         batch_sampler.set_epoch(epoch)
         train_dataset.set_epoch(epoch)
         loader = train_dataloader
@@ -369,6 +385,10 @@ def main(args: argparse.Namespace) -> dict:
                 accelerator.wait_for_everyone()
             if global_step >= max_train_steps:
                 break
+            if checkpointing.out_of_time(accelerator, train_start, args.max_train_time):
+                logger.info(f"--max_train_time {args.max_train_time:g} s reached at step {global_step}: stopping")
+                max_train_steps = global_step
+                break
         if global_step >= max_train_steps:
             break
     progress.close()
@@ -388,7 +408,8 @@ def main(args: argparse.Namespace) -> dict:
         vae_path = checkpointing.save_folder_atomically(unwrapped_vae.save_pretrained, output_dir / "vae")
         result["vae_path"] = str(vae_path)
         summary = {key: value for key, value in result.items() if key != "losses"}
-        summary.update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None)
+        history = [row["loss"] for row in checkpointing.read_train_log(output_dir)]  # the whole run, resumes included
+        summary.update(first_loss=history[0] if history else None, last_loss=history[-1] if history else None)
         (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         logger.info(f"Saved {vae_path}; validation PSNR {result['validation_psnr']:.2f} dB")
     accelerator.wait_for_everyone()

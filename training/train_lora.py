@@ -443,9 +443,8 @@ def main(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpointing.remove_stale(output_dir)
+        accelerator.init_trackers("train_lora", config=_tracker_config(args))  # before the base model's videos
     device = accelerator.device
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train_lora", config=_tracker_config(args))
 
     # 4a. The frozen base, the data, and the base model's validation videos
     pipe = load_base_pipeline(args)
@@ -478,7 +477,9 @@ def main(args: argparse.Namespace) -> dict:
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     num_trainable = sum(param.numel() for param in transformer.parameters() if param.requires_grad)
-    logger.info(f"LoRA rank {args.rank} on {lora_config.target_modules}: {num_trainable:,} trainable parameters")
+    logger.info(
+        f"LoRA rank {args.rank} on {sorted(lora_config.target_modules)}: {num_trainable:,} trainable parameters"
+    )
 
     # 4c. Data (optionally through the latent cache of train_text_to_video.py) and the fixed evaluation set
     train_dataset, collate = dataset, collate_videos
@@ -574,6 +575,8 @@ def main(args: argparse.Namespace) -> dict:
     micro_step = global_step * args.gradient_accumulation_steps
     train_start = step_start = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:  # resumed from the final step: nothing left to train
+            break
         batch_sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         loader = train_dataloader
@@ -642,6 +645,8 @@ def main(args: argparse.Namespace) -> dict:
         trained = accelerator.unwrap_model(transformer)
         eval_loss_after = evaluate_loss(trained, eval_set, noise_scheduler, args, patch_frames, accelerator.autocast)
         layers, config = lora_state(trained)
+        log = checkpointing.read_train_log(output_dir)  # the whole run, resumes included
+        history = [row["loss"] for row in log]
         training = {
             "steps": global_step,
             "epochs": num_epochs,
@@ -659,9 +664,9 @@ def main(args: argparse.Namespace) -> dict:
             "dataset": f"`{Path(args.data_dir).resolve().name}` (a captioned video folder)",
             "num_clips": len(dataset),
             "hardware": hardware_description(accelerator),
-            "wall_time_s": train_time,  # of this session: a resumed run counts from its resume
+            "wall_time_s": sum(row.get("step_time", 0.0) for row in log),  # optimizer steps, resumes included
             "seed": args.seed,
-            "final_loss": losses[-1] if losses else None,
+            "final_loss": history[-1] if history else None,
             "lora_dropout": args.lora_dropout,
         }
         results = {}
@@ -669,9 +674,9 @@ def main(args: argparse.Namespace) -> dict:
         if eval_loss_before is not None:
             results["Fine-tune set loss, base"] = {"value": eval_loss_before, "note": note}
             results["Fine-tune set loss, with adapter"] = {"value": eval_loss_after, "note": note}
-        if losses:
+        if history:
             results["Training loss, first / last step"] = {
-                "value": f"{losses[0]:.4g} / {losses[-1]:.4g}",
+                "value": f"{history[0]:.4g} / {history[-1]:.4g}",
                 "note": "one noise draw per step: noisy",
             }
         card_kwargs = {
@@ -708,7 +713,7 @@ def main(args: argparse.Namespace) -> dict:
             videos["after"] = log_validation(args, accelerator, final, prompts, global_step)
         result["validation_videos"] = videos
         summary = {key: value for key, value in result.items() if key != "losses"}
-        summary.update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None)
+        summary.update(first_loss=history[0] if history else None, last_loss=history[-1] if history else None)
         (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         if args.push_to_hub:
             commit = push_lora_to_hub(

@@ -47,7 +47,14 @@ from tqdm.auto import tqdm
 
 from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel, SpacetimeVideoPipeline
 from training import checkpointing
-from training.data import add_data_arguments, collate_videos, dataset_from_args, make_dataloader
+from training.data import (
+    FrameCountBatchSampler,
+    add_data_arguments,
+    collate_videos,
+    dataset_from_args,
+    make_dataloader,
+)
+from training.encode_prompts import PromptEmbedsTable
 
 logger = get_logger(__name__)
 
@@ -138,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--cache_dir", default=None, help="Where --cache_latents writes; default: output_dir/cache.")
     group.add_argument(
+        "--prompt_embeds_file",
+        default=None,
+        help="Caption embeddings precomputed by training/encode_prompts.py: the text encoder is then not loaded (for "
+        "machines without it); validation prompts must be in the file, and the saved pipeline has no text encoder "
+        "(pass tokenizer= and text_encoder= to from_pretrained, then save_pretrained, to complete it).",
+    )
+    group.add_argument(
         "--use_ema", action="store_true", help="Keep an EMA of the weights (diffusers EMAModel); saved as the model."
     )
     group.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay.")
@@ -150,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless --max_train_steps is set.")
     group.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps in total; overrides --num_train_epochs."
+    )
+    group.add_argument(
+        "--max_train_time",
+        type=float,
+        default=None,
+        help="Stop after this many seconds of training in this run (a job's time limit), then save as at the end. "
+        "With --lr_scheduler constant_with_warmup the result equals a run of that many steps.",
     )
     group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
@@ -224,9 +245,12 @@ def load_components(args: argparse.Namespace):
     """(tokenizer, text_encoder, vae, transformer, scheduler); the transformer trainable, the rest frozen."""
     from transformers import AutoModel, AutoTokenizer
 
-    text_encoder_path = args.text_encoder_path or default_text_encoder_path()
-    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
-    text_encoder = AutoModel.from_pretrained(text_encoder_path)
+    if args.prompt_embeds_file:  # captions come from the file: no text encoder needed
+        tokenizer = text_encoder = None
+    else:
+        text_encoder_path = args.text_encoder_path or default_text_encoder_path()
+        tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
+        text_encoder = AutoModel.from_pretrained(text_encoder_path)
     if args.pretrained_vae_path:
         vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path)
     else:
@@ -238,7 +262,8 @@ def load_components(args: argparse.Namespace):
         transformer = SpacetimeDiTModel.from_config({**_load_json(args.transformer_config), **overrides})
     scheduler = FlowMatchEulerDiscreteScheduler(shift=args.flow_shift)
     for module in (text_encoder, vae):
-        module.requires_grad_(False).eval()
+        if module is not None:
+            module.requires_grad_(False).eval()
     return tokenizer, text_encoder, vae, transformer, scheduler
 
 
@@ -306,30 +331,43 @@ def build_cache(args, accelerator, dataset, vae, text_pipe, fingerprint: dict) -
         cache_dir.mkdir(parents=True, exist_ok=True)
         fingerprint_file.write_text(json.dumps(fingerprint, indent=2))
     accelerator.wait_for_everyone()
-    indices = range(accelerator.process_index, len(dataset), accelerator.num_processes)
-    for index in tqdm(indices, desc="Caching latents", disable=not accelerator.is_local_main_process):
-        path = cache_dir / f"{index:08d}.pt"
-        if path.exists():
-            continue
-        sample = dataset[index]
-        pixel_values = sample["pixel_values"][None].to(accelerator.device, vae.dtype)  # (1, 3, F, H, W)
-        posterior = vae.encode(pixel_values).latent_dist
+    # This process's share of the clips not cached yet, encoded in batches of one frame count
+    todo = [
+        index
+        for index in range(accelerator.process_index, len(dataset), accelerator.num_processes)
+        if not (cache_dir / f"{index:08d}.pt").exists()
+    ]
+    sampler = FrameCountBatchSampler(
+        [dataset.frame_counts[index] for index in todo], args.train_batch_size, shuffle=False, drop_last=False
+    )
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, todo),
+        batch_sampler=sampler,
+        collate_fn=collate_videos,
+        num_workers=args.dataloader_num_workers,
+    )
+    progress = tqdm(total=len(todo), desc="Caching latents", disable=not accelerator.is_local_main_process)
+    for batch in loader:
+        posterior = vae.encode(batch["pixel_values"].to(accelerator.device, vae.dtype)).latent_dist
         embeds, mask, _, _ = text_pipe.encode_prompt(
-            [sample["caption"]],
+            batch["captions"],
             do_classifier_free_guidance=False,
             max_sequence_length=args.max_sequence_length,
             device=accelerator.device,
             dtype=torch.float32,
         )
-        entry = {
-            "latent_mean": posterior.mean[0].float().cpu(),
-            "latent_std": posterior.std[0].float().cpu(),
-            "prompt_embeds": embeds[0, : int(mask[0].sum())].cpu(),  # padded positions are zeros: not stored
-            "sequence_length": embeds.shape[1],
-        }
-        tmp = path.with_suffix(".tmp")
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
+        for row, index in enumerate(batch["indices"].tolist()):
+            entry = {
+                "latent_mean": posterior.mean[row].float().cpu(),
+                "latent_std": posterior.std[row].float().cpu(),
+                "prompt_embeds": embeds[row, : int(mask[row].sum())].cpu(),  # padded positions are zeros: not stored
+                "sequence_length": embeds.shape[1],
+            }
+            path = cache_dir / f"{index:08d}.pt"
+            torch.save(entry, path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
+        progress.update(len(batch["indices"]))
+    progress.close()
     accelerator.wait_for_everyone()
     return cache_dir
 
@@ -420,8 +458,20 @@ def log_validation(args, accelerator, pipeline: SpacetimeVideoPipeline, prompts:
     paths, strips = [], []
     for index, prompt in enumerate(prompts):
         generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + index)
+        if pipeline.text_encoder is None:  # --prompt_embeds_file: the prompt's stored embedding
+            table = PromptEmbedsTable(args.prompt_embeds_file)
+            embeds, mask, _, _ = table.encode_prompt([prompt], device=accelerator.device)
+            negative, negative_mask, _, _ = table.encode_prompt([""], device=accelerator.device)
+            text = {
+                "prompt_embeds": embeds,
+                "prompt_attention_mask": mask,
+                "negative_prompt_embeds": negative,
+                "negative_prompt_attention_mask": negative_mask,
+            }
+        else:
+            text = {"prompt": prompt}
         video = pipeline(
-            prompt,
+            **text,
             height=args.height,
             width=args.width,
             num_frames=args.num_frames,
@@ -472,11 +522,14 @@ def main(args: argparse.Namespace) -> dict:
     check_sizes(args, vae, transformer)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for module in (text_encoder, vae):
+        if module is None:
+            continue
         module.to(accelerator.device)
         if weight_dtype != torch.float32:
             module.to(dtype=weight_dtype)
     # The pipeline's own text encoding and latent normalisation, so training sees exactly what sampling sees.
     text_pipe = SpacetimeVideoPipeline(tokenizer, text_encoder, transformer=None, vae=vae, scheduler=noise_scheduler)
+    prompt_encoder = PromptEmbedsTable(args.prompt_embeds_file) if args.prompt_embeds_file else text_pipe
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     patch_frames = transformer.config.patch_size[0]
@@ -494,7 +547,7 @@ def main(args: argparse.Namespace) -> dict:
     # 5b. Data, optionally through the latent cache
     dataset = dataset_from_args(args)
     logger.info(f"Data {dataset.format_summary()}")
-    empty_embeds, empty_mask, _, _ = text_pipe.encode_prompt(
+    empty_embeds, empty_mask, _, _ = prompt_encoder.encode_prompt(
         [""], do_classifier_free_guidance=False, max_sequence_length=args.max_sequence_length,
         device=accelerator.device, dtype=torch.float32,
     )  # fmt: skip
@@ -508,12 +561,12 @@ def main(args: argparse.Namespace) -> dict:
             "vae": args.pretrained_vae_path or args.vae_config,
             "vae_config": {key: value for key, value in vae.config.items() if not key.startswith("_")},
             "seed": args.seed,
-            "text_encoder": args.text_encoder_path or "all-MiniLM-L6-v2",
+            "text_encoder": args.prompt_embeds_file or args.text_encoder_path or "all-MiniLM-L6-v2",
             "max_sequence_length": args.max_sequence_length,
             "clip": [args.num_frames, args.height, args.width, args.frame_stride, args.target_fps, args.random_start],
             "dtype": str(weight_dtype),
         }
-        cache_dir = build_cache(args, accelerator, dataset, vae, text_pipe, json.loads(json.dumps(fingerprint)))
+        cache_dir = build_cache(args, accelerator, dataset, vae, prompt_encoder, json.loads(json.dumps(fingerprint)))
         train_dataset, collate = LatentCacheDataset(cache_dir, dataset), collate_cached
     train_dataloader = make_dataloader(
         train_dataset, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
@@ -553,6 +606,8 @@ def main(args: argparse.Namespace) -> dict:
         logger.info("No complete checkpoint to resume from: starting a fresh run")
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
+        if ema is not None:
+            ema.to(accelerator.device)  # load_state puts the EMA's shadow weights on the CPU
         global_step = checkpointing.read_training_state(resume_path)["global_step"]
         first_epoch = global_step // updates_per_epoch
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
@@ -595,7 +650,10 @@ def main(args: argparse.Namespace) -> dict:
     transformer.train()
     losses, step_loss, skipped_files, validation_videos = [], 0.0, set(), []
     micro_step, step_start = global_step * args.gradient_accumulation_steps, time.perf_counter()
+    train_start = time.monotonic()
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:  # resumed from the final step: nothing left to train
+            break
         batch_sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         loader = train_dataloader
@@ -618,7 +676,7 @@ def main(args: argparse.Namespace) -> dict:
                     else:
                         pixel_values = batch["pixel_values"].to(dtype=weight_dtype)  # (B, 3, F, H, W)
                         latents = vae.encode(pixel_values).latent_dist.sample(generator=generator)
-                        prompt_embeds, prompt_mask, _, _ = text_pipe.encode_prompt(
+                        prompt_embeds, prompt_mask, _, _ = prompt_encoder.encode_prompt(
                             batch["captions"],
                             do_classifier_free_guidance=False,
                             max_sequence_length=args.max_sequence_length,
@@ -678,6 +736,10 @@ def main(args: argparse.Namespace) -> dict:
                 accelerator.wait_for_everyone()
             if global_step >= max_train_steps:
                 break
+            if checkpointing.out_of_time(accelerator, train_start, args.max_train_time):
+                logger.info(f"--max_train_time {args.max_train_time:g} s reached at step {global_step}: stopping")
+                max_train_steps = global_step
+                break
         if global_step >= max_train_steps:
             break
     progress.close()
@@ -696,7 +758,9 @@ def main(args: argparse.Namespace) -> dict:
         final_transformer.to(accelerator.device)
         pipeline = SpacetimeVideoPipeline(
             tokenizer,
-            text_encoder.to(torch.float32) if weight_dtype != torch.float32 else text_encoder,
+            text_encoder.to(torch.float32)
+            if text_encoder is not None and weight_dtype != torch.float32
+            else text_encoder,
             final_transformer,
             vae.to(torch.float32) if weight_dtype != torch.float32 else vae,
             FlowMatchEulerDiscreteScheduler.from_config(noise_scheduler.config),
@@ -710,7 +774,8 @@ def main(args: argparse.Namespace) -> dict:
             validation_videos = log_validation(args, accelerator, pipeline, prompts, global_step)
         result["validation_videos"] = validation_videos
         summary = {key: value for key, value in result.items() if key != "losses"}
-        summary.update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None)
+        history = [row["loss"] for row in checkpointing.read_train_log(output_dir)]  # the whole run, resumes included
+        summary.update(first_loss=history[0] if history else None, last_loss=history[-1] if history else None)
         (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         logger.info(f"Saved the pipeline to {pipeline_path}")
     accelerator.wait_for_everyone()

