@@ -6,8 +6,8 @@ raises becomes a `failed: <error>` row and the run goes on; one that cannot run 
 Sections, each with its own baseline row (speed-up = baseline time / time):
 
 1. `forward`: one DiT forward (`torch.no_grad`) at the preset's latent size, with a padded text mask as the pipeline
-   passes it. `set_attention_backend(...)`: `native` everywhere; on CUDA also `_native_cudnn`, `_native_flash`,
-   `_native_efficient`, and `flash` when flash-attn is installed. A backend that rejects the text mask is timed
+   passes it. `set_attention_backend(...)`: `native` and `_native_flash` everywhere (PyTorch has a CPU flash
+   kernel); on CUDA also `_native_cudnn`, `_native_efficient`, and `flash` when flash-attn is installed. A backend that rejects the text mask is timed
    without it (drift then against an unmasked baseline) and the row says so; one whose drift against the masked
    baseline is large is also compared against the unmasked baseline to tell "ignores the mask" from "inaccurate".
 2. `denoising loop`: `--loop-steps` flow-matching Euler steps over the DiT, run as the pipeline runs them (one
@@ -28,7 +28,7 @@ Sections, each with its own baseline row (speed-up = baseline time / time):
    compile) stopped by a timer so that ~55 s of `--time-budget` stay for the sections after it.
 
 Columns: time (median of `--repeats` after `--warmup` on CUDA, minimum on a CPU; CUDA runs each loop and pipeline
-call once, a CPU three and two times), peak
+call once, a CPU five and two times), peak
 memory and resident memory. CUDA: `max_memory_allocated` during the step, absolute (one model on the device at a
 time, so it is weights + inputs + activations) and `memory_allocated` before it. CPU: resident = parameters and
 buffers; peak = resident + the peak of tensor storage allocated during a separate untimed run (tracked by a
@@ -46,7 +46,7 @@ check of the script's own code before a one-shot GPU run.
 
 Usage:
     python benchmarks/bench_features.py --device cpu --output-dir benchmarks/results
-    python benchmarks/bench_features.py --device cuda --dtype bf16 --quick --time-budget 175 --output-dir "$OUT"
+    python benchmarks/bench_features.py --device cuda --dtype bf16 --quick --time-budget 170 --output-dir "$OUT"
     python benchmarks/bench_features.py --device cpu --preset gpu --dry-run --output-dir /tmp/dry
 """
 
@@ -386,7 +386,8 @@ def attention_backends(ctx: Context, model, inputs: dict, state: dict) -> None:
 
     for name in names:
         feature = f"set_attention_backend('{name}')"
-        if name != "native" and not ctx.cuda and not ctx.args.dry_run:
+        # PyTorch's CPU SDPA has the math and flash kernels only; flash-attn is CUDA-only
+        if name not in ("native", "_native_flash") and not ctx.cuda and not ctx.args.dry_run:
             ctx.add(section, feature, "skipped: CUDA-only kernel")
             continue
         if name == "flash" and importlib.util.find_spec("flash_attn") is None:
@@ -525,7 +526,7 @@ def caches(ctx: Context, model, inputs: dict) -> None:
     guidances = [1.0] if (ctx.args.quick and ctx.cuda) else preset.loop_guidance
     steps = ctx.args.loop_steps or (8 if (ctx.args.quick and ctx.cuda) else preset.loop_steps)
     taylor_dtype = ctx.dtype
-    loop_repeats = 1 if ctx.cuda else 3  # loops are cheap on the CPU preset and its host is noisy
+    loop_repeats = 1 if ctx.cuda else 5  # loops are cheap on the CPU preset and its host is noisy
     configs = {
         "FirstBlockCache(threshold=0.05)": lambda: FirstBlockCacheConfig(threshold=0.05),
         # random weights change the first block's residual more between steps than a trained model does
@@ -547,71 +548,87 @@ def caches(ctx: Context, model, inputs: dict) -> None:
     }
     markers = {"FirstBlockCache": "fbc", "PyramidAttentionBroadcast": "pyramid", "TaylorSeer": "taylorseer"}
     unit = "s"
+    candidates = [("no cache (baseline)", None), *configs.items()]
     for guidance in guidances:
         section = f"denoising loop, {steps} steps, guidance {guidance:g}"
-        state = {}
+        # a loop costs ~steps x calls forwards: on CUDA ask the budget for that
+        per_loop = (steps * (2 if guidance > 1 else 1) * ctx.args.forward_estimate_s) if ctx.cuda else 0
+        records = {name: {"times": []} for name, _ in candidates}
 
-        def run(model=model, guidance=guidance):
+        def one_run(name, make_config, record, first: bool, guidance=guidance):
+            """One loop with `name`'s cache; the first round also counts attention calls and (CPU) tracks memory."""
+
             def loop():
                 return denoising_loop(ctx, model, inputs, steps, guidance, clock)
 
-            with AttentionCounter() as counter:
-                result = ctx.measure(loop, warmup=0, repeats=loop_repeats, resident_module=model)
-            runs = loop_repeats + (0 if ctx.cuda else 1)  # the CPU memory tracking runs the loop once more
-            result["attn_calls"] = counter.calls // runs
-            return result
-
-        def baseline_body():
-            result = run()
-            state["base"] = result
-            ctx.add(
-                section,
-                "no cache (baseline)",
-                "ok",
-                result,
-                result["time_s"],
-                0.0,
-                unit=unit,
-                note=f"{result['attn_calls']} attention calls",
-            )
-
-        # a loop costs ~steps x calls forwards: on CUDA ask the budget for that
-        per_loop = (steps * (2 if guidance > 1 else 1) * ctx.args.forward_estimate_s) if ctx.cuda else 0
-        ctx.run_case(section, "no cache (baseline)", baseline_body, needs_s=per_loop, unit=unit)
-        if "base" not in state:
-            continue
-        base = state["base"]
-        for name, make_config in configs.items():
-
-            def cache_body(name=name, make_config=make_config):
-                marker = next(v for k, v in markers.items() if name.startswith(k))
-                try:
+            try:
+                if make_config is not None:
                     model.enable_cache(make_config())
-                    hooked = hooked_modules(model, marker)
-                    result = run()
+                    marker = next(v for k, v in markers.items() if name.startswith(k))
+                    record["hooked"] = hooked_modules(model, marker)
+                with AttentionCounter() as counter:
+                    result = ctx.measure(loop, warmup=0, repeats=1, track_cpu_peak=first, resident_module=model)
+                record["times"].append(result["time_s"])
+                if first:
+                    record.update(result)
+                    record["attn_calls"] = counter.calls // (1 if ctx.cuda else 2)  # + the CPU tracking run
+                elif ctx.cuda and result["peak_mib"] is not None:
+                    record["peak_mib"] = max(record["peak_mib"], result["peak_mib"])
+            finally:
+                if getattr(model, "is_cache_enabled", False):
+                    model.disable_cache()
+
+        # Rounds: every candidate once per round, so a load change on a shared host hits all of them alike.
+        for round_index in range(loop_repeats):
+            for name, make_config in candidates:
+                record = records[name]
+                if "error" in record or "skipped" in record:
+                    continue
+                if round_index == 0 and not ctx.budget.allows(per_loop):
+                    record["skipped"] = f"skipped: time budget ({ctx.budget.left():.0f} s left)"
+                    continue
+                if round_index > 0 and not ctx.budget.allows(per_loop):
+                    continue  # keep the rounds done so far
+                try:
+                    one_run(name, make_config, record, first=round_index == 0)
+                except Exception as error:
+                    traceback.print_exc()
+                    record["error"] = f"failed: {bp.one_line(error)}"
                 finally:
-                    if getattr(model, "is_cache_enabled", False):
-                        model.disable_cache()
-                share = result["attn_calls"] / max(base["attn_calls"], 1)
-                note = f"attn calls {100 * share:.0f}% of baseline; {hooked} modules hooked"
-                if marker == "pyramid" and guidance > 1:
-                    note += (
-                        "; PAB keeps one cache per attention module, shared by the cond and uncond calls: "
-                        "the uncond call reuses the cond call's attention output"
-                    )
+                    bp.free_memory(ctx.device)
+
+        base = records["no cache (baseline)"]
+        for name, _ in candidates:
+            record = records[name]
+            feature = name if name.startswith("no cache") else f"enable_cache({name})"
+            if "error" in record or "skipped" in record:
+                ctx.add(section, feature, record.get("error") or record["skipped"], unit=unit)
+                continue
+            record["time_s"] = min(record["times"]) if not ctx.cuda else statistics.median(record["times"])
+            base_time = base.get("time_s") if "output" in base else None
+            if name.startswith("no cache"):
                 ctx.add(
                     section,
-                    f"enable_cache({name})",
+                    feature,
                     "ok",
-                    result,
-                    base["time_s"],
-                    relative_l2(result["output"], base["output"]),
+                    record,
+                    record["time_s"],
+                    0.0,
                     unit=unit,
-                    note=note,
-                    extra={"attn_share": share},
+                    note=f"{record['attn_calls']} attention calls; {len(record['times'])} run(s)",
                 )
-
-            ctx.run_case(section, f"enable_cache({name})", cache_body, needs_s=per_loop, unit=unit)
+                continue
+            drift = relative_l2(record["output"], base["output"]) if "output" in base else None
+            share = record["attn_calls"] / max(base.get("attn_calls", 0), 1)
+            note = f"attn calls {100 * share:.0f}% of baseline; {record['hooked']} modules hooked"
+            if name.startswith("PyramidAttentionBroadcast") and guidance > 1:
+                note += (
+                    "; PAB keeps one cache per attention module, shared by the cond and uncond calls: "
+                    "the uncond call reuses the cond call's attention output"
+                )
+            ctx.add(
+                section, feature, "ok", record, base_time, drift, unit=unit, note=note, extra={"attn_share": share}
+            )
 
     # TaylorSeer with its default patterns, as a user would first try it: how many modules does it hook?
     def default_taylorseer():
@@ -992,7 +1009,9 @@ def parse_args(argv=None):
         default=[],
         choices=["backends", "caches", "casting", "offload", "pipeline", "cp", "compile"],
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: 2 with --device cpu, torch's on CUDA)."
+    )
     parser.add_argument(
         "--time-budget",
         type=float,
@@ -1014,7 +1033,8 @@ def parse_args(argv=None):
 
 
 def main(args) -> str:
-    torch.set_num_threads(args.threads)
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 2)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is visible")
     preset = FEATURE_PRESETS[args.preset]

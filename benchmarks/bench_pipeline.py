@@ -597,7 +597,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--quick", action="store_true", help="One call per point, no extras (the one-shot GPU run).")
     parser.add_argument("--dry-run", action="store_true", help="Toy sizes of the preset: check the code paths.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: 2 with --device cpu, torch's on CUDA)."
+    )
     parser.add_argument(
         "--time-budget",
         type=float,
@@ -618,7 +620,8 @@ def parse_args(argv=None):
 
 
 def main(args) -> str:
-    torch.set_num_threads(args.threads)
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 2)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is visible")
     dtype = DTYPES[args.dtype_name]

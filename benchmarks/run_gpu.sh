@@ -6,7 +6,7 @@
 # Needs torch with CUDA, transformers, accelerate, peft, matplotlib; diffusers comes from the wheel in .whl/
 # (an ignored folder: carry it to the GPU machine). The package is used from the checkout (PYTHONPATH), not
 # installed. Both scripts keep to a time budget (seconds since their start; later cases are skipped, not lost):
-# pipeline 45 s, features 175 s. Each writes Markdown + JSON (+ the PNG cost curve) into $OUT and a log.
+# pipeline 45 s, features 170 s. Each writes Markdown + JSON (+ the PNG cost curve) into $OUT and a log.
 set -e
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
@@ -23,6 +23,6 @@ set -o pipefail
 status=0
 python3 benchmarks/bench_pipeline.py "${DEVICE[@]}" --quick --time-budget 45 --output-dir "$OUT" \
     2>&1 | tee "$OUT/pipeline_log.txt" || status=1
-python3 benchmarks/bench_features.py "${DEVICE[@]}" --quick --time-budget 175 --output-dir "$OUT" \
+python3 benchmarks/bench_features.py "${DEVICE[@]}" --quick --time-budget 170 --output-dir "$OUT" \
     2>&1 | tee "$OUT/features_log.txt" || status=1
 exit $status

@@ -36,7 +36,8 @@ for _cls in (*_MODELS, *_PIPELINES, SpacetimeLoraLoaderMixin, SpacetimeVideoPipe
 # (it looks for `transformer/diffusers_spacetime.py`). Registering the package as a regular library makes Hub
 # pulls load our classes with plain `from_pretrained`, like diffusers' own. Private API: pinned in pyproject.
 pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
-    __name__, {"ModelMixin": ["save_pretrained", "from_pretrained"], "SchedulerMixin": ["save_pretrained", "from_pretrained"]}
+    __name__,
+    {"ModelMixin": ["save_pretrained", "from_pretrained"], "SchedulerMixin": ["save_pretrained", "from_pretrained"]},
 )
 
 # `DiffusionPipeline.from_pretrained(path)` resolves `_class_name` with `getattr(diffusers, name)`. Exposing our

@@ -200,6 +200,7 @@ def _load_pipeline(model: str, dtype, seed: int):
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             raise UserError(f"--model {model!r} is a folder without model_index.json: not a saved pipeline")
+        _check_safetensors_files(model)
     elif not _looks_like_hub_id(model):
         raise UserError(f"--model {model!r}: no such folder (and not a Hub repo id like 'user/model')")
     try:
@@ -209,6 +210,22 @@ def _load_pipeline(model: str, dtype, seed: int):
         if not os.path.isdir(model):
             reason = f"not a local folder, and not loadable from the Hub ({reason.split(' (')[0]})"
         raise UserError(f"could not load --model {model!r}: {reason}") from error
+
+
+def _check_safetensors_files(folder: str) -> None:
+    """Opens every .safetensors header under `folder`: a truncated or corrupt file is named here, where diffusers
+    would only say "Unable to load weights from checkpoint file" (and transformers something else)."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # SafetensorError, OSError: any reason the header cannot be read
+            raise UserError(
+                f"--model {folder!r}: {path.relative_to(folder)} is not a readable safetensors file (truncated or "
+                f"corrupt: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
+            ) from error
 
 
 def _make_scheduler(name: str, current):
@@ -240,6 +257,8 @@ def _check_output(path: Path, also_gif: bool) -> None:
         raise UserError(f"--output {str(path)!r}: use a .mp4 or .gif file name")
     if not path.parent.is_dir():
         raise UserError(f"--output {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    if path.is_dir() or (also_gif and path.with_suffix(".gif").is_dir()):
+        raise UserError(f"--output {str(path)!r}: a folder of that name exists; give a file name")
     if also_gif and path.suffix.lower() != ".mp4":
         raise UserError("--gif adds a .gif beside an .mp4 output; with a .gif --output it is not needed")
 
@@ -332,15 +351,21 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
 
     written = []
-    if output.suffix.lower() == ".gif":
-        write_gif(frames, output, args.fps)
-        written.append(output)
-    else:
-        write_mp4(frames, output, args.fps)
-        written.append(output)
-        if args.gif:
-            write_gif(frames, output.with_suffix(".gif"), args.fps)
-            written.append(output.with_suffix(".gif"))
+    try:
+        if output.suffix.lower() == ".gif":
+            write_gif(frames, output, args.fps)
+            written.append(output)
+        else:
+            write_mp4(frames, output, args.fps)
+            written.append(output)
+            if args.gif:
+                write_gif(frames, output.with_suffix(".gif"), args.fps)
+                written.append(output.with_suffix(".gif"))
+    except OSError as error:
+        raise UserError(f"could not write --output {str(output)!r}: {error}") from error
+    for path in written:  # imageio's ffmpeg writer can fail without raising
+        if not path.is_file() or path.stat().st_size == 0:
+            raise UserError(f"could not write {str(path)!r} (nothing was written; is the folder writable?)")
     num_frames, height, width = frames.shape[:3]
     task = ""
     if args.image is not None:

@@ -42,7 +42,8 @@ class ObjectTrack:
     """Per-frame detections of the saturated object in a clip (F frames)."""
 
     present: np.ndarray  # (F,) bool
-    center: np.ndarray  # (F, 2) area centroid x, y in px (NaN where absent), pixel (i, j) has its center at (j + 0.5, i + 0.5)
+    # (F, 2) area centroid x, y in px (NaN where absent); pixel (i, j) has its center at (j + 0.5, i + 0.5)
+    center: np.ndarray
     area: np.ndarray  # (F,) px
     color: np.ndarray  # (F, 3) mean RGB in [0, 1] of the object's core pixels (NaN where absent)
     bbox: np.ndarray  # (F, 4) x0, y0, x1, y1 in px of the thresholded mask (NaN where absent)

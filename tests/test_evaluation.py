@@ -52,7 +52,9 @@ def test_uniform_motion_has_no_jitter_and_random_placement_has_much():
 def test_flicker_sees_color_and_size_changes():
     _, _, frames = next(_clips(motion="straight", occluder="none", background="plain"))
     flickering = frames.astype(np.float64) / 255.0
-    flickering[1::2] = np.where(flickering[1::2].std(-1, keepdims=True) > 0.1, flickering[1::2] * 0.7, flickering[1::2])
+    flickering[1::2] = np.where(
+        flickering[1::2].std(-1, keepdims=True) > 0.1, flickering[1::2] * 0.7, flickering[1::2]
+    )
     steady = evaluation.appearance_flicker(frames, evaluation.track_object(frames))
     flicker = evaluation.appearance_flicker(flickering, evaluation.track_object(flickering))
     assert flicker["color_flicker"] > 5 * steady["color_flicker"] + 0.05
@@ -92,4 +94,6 @@ def test_bad_frames(frames, error):
 
 def test_bad_attributes():
     with pytest.raises(ValueError, match="shape"):
-        evaluation.evaluate_video(np.zeros((3, 8, 8, 3)), {"color": "red", "direction": "left_to_right"}, shapes.PALETTE)
+        evaluation.evaluate_video(
+            np.zeros((3, 8, 8, 3)), {"color": "red", "direction": "left_to_right"}, shapes.PALETTE
+        )

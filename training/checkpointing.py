@@ -65,13 +65,36 @@ def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: s
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
-        return latest_checkpoint(output_dir)
+        path = latest_checkpoint(output_dir)
+        if path is not None:
+            check_custom_states(path)
+        return path
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         path = Path(output_dir) / resume_from_checkpoint
     if not (path / COMPLETE_MARKER).is_file():
         raise ValueError(f"{str(path)!r} is not a complete checkpoint (no {COMPLETE_MARKER})")
+    check_custom_states(path)
     return path
+
+
+def check_custom_states(checkpoint: str | os.PathLike) -> None:
+    """Refuses a checkpoint whose `custom_checkpoint_<i>.pkl` (an EMA's state) is more than plain tensors and numbers.
+
+    accelerate's `load_state` reads those files with `torch.load(weights_only=False)`, which would run any code a
+    planted pickle holds; everything else it reads weights-only. Reading them weights-only first runs nothing and
+    lets only plain state dicts through.
+    """
+    for path in sorted(Path(checkpoint).glob("custom_checkpoint_*.pkl")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError for foreign objects; anything else: not a state dict either
+            lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+            raise ValueError(
+                f"--resume_from_checkpoint: refusing {str(path)!r}: it is not a plain state dict "
+                f"({lines[0] if lines else type(error).__name__}), and accelerate would unpickle it with "
+                "weights_only=False, running any code in it"
+            ) from error
 
 
 def read_training_state(checkpoint: str | os.PathLike) -> dict:
@@ -188,6 +211,46 @@ def add_checkpoint_arguments(parser) -> None:
         default=None,
         help="A checkpoint folder, or 'latest' for the newest complete one in output_dir (a fresh start if none).",
     )
+
+
+def check_run_arguments(args) -> None:
+    """ValueError naming the flag for a bad value of the optimisation, loop and checkpoint flags the scripts share.
+
+    Checks only the flags `args` has; without this, `--checkpointing_steps 0` fails with a ZeroDivisionError after
+    the first step, `--checkpoints_total_limit 0` deletes every checkpoint as it is written, and
+    `--max_train_steps 0` silently falls back to `--num_train_epochs`.
+    """
+    from diffusers.optimization import SchedulerType
+
+    def flag(name):
+        return getattr(args, name, None)
+
+    for name in (
+        "train_batch_size", "num_train_epochs", "max_train_steps", "gradient_accumulation_steps",
+        "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "validation_inference_steps",
+        "max_sequence_length",
+    ):  # fmt: skip
+        value = flag(name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    for name in ("learning_rate", "max_train_time", "max_grad_norm"):
+        value = flag(name)
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"--{name} must be a positive number, got {value}")
+    for name in ("lr_warmup_steps", "adam_weight_decay", "adam_epsilon", "validation_guidance_scale"):
+        value = flag(name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise ValueError(f"--{name} must be 0 or more, got {value}")
+    for name in ("adam_beta1", "adam_beta2"):
+        value = flag(name)
+        if value is not None and not 0 <= value < 1:
+            raise ValueError(f"--{name} must be in [0, 1), got {value}")
+    schedules = [schedule.value for schedule in SchedulerType]
+    if flag("lr_scheduler") is not None and flag("lr_scheduler") not in schedules:
+        raise ValueError(f"--lr_scheduler must be one of {schedules}, got {flag('lr_scheduler')!r}")
+    resume = flag("resume_from_checkpoint")
+    if resume is not None and resume != "latest" and not resume.strip():
+        raise ValueError("--resume_from_checkpoint must be 'latest' or a checkpoint folder, got an empty string")
 
 
 def out_of_time(accelerator, start: float, limit: float | None) -> bool:

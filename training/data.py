@@ -218,6 +218,11 @@ class VideoFolderDataset(Dataset):
         max_samples: int | None = None,
         caption_column: str = "text",
     ):
+        sizes = {"num_frames": num_frames, "height": height, "width": width, "frame_stride": frame_stride}
+        for name, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                # else every file would later "fail to decode" on a float size, and the epoch would blame the files
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if num_frames < 1 or height < 1 or width < 1:
             raise ValueError(f"num_frames, height and width must be positive, got {num_frames}, {height}, {width}")
         if frame_stride < 1:
@@ -539,6 +544,20 @@ def add_data_arguments(parser) -> None:
         default=0,
         help="DataLoader worker processes (0: decode in the training process).",
     )
+
+
+def check_data_arguments(args) -> None:
+    """ValueError naming the flag for a bad value of the flags of `add_data_arguments` (before any model loads)."""
+    if not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data_dir {args.data_dir!r} is not a folder")
+    for name in ("num_frames", "height", "width", "frame_stride", "max_train_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    if args.target_fps is not None and not 0 < args.target_fps < float("inf"):
+        raise ValueError(f"--target_fps must be a positive number, got {args.target_fps}")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
 
 
 def dataset_from_args(args, data_dir: str | os.PathLike | None = None) -> VideoFolderDataset:

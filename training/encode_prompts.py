@@ -94,7 +94,11 @@ def load_prompt_embeds(path: str | Path) -> tuple[dict[str, int], torch.Tensor, 
         raise ValueError(f"--prompt_embeds_file {str(path)!r} was not written by training/encode_prompts.py")
     tensors = load_file(str(path))
     prompts = json.loads(metadata[METADATA_KEY])
-    return {prompt: row for row, prompt in enumerate(prompts)}, tensors["prompt_embeds"], tensors["prompt_attention_mask"]
+    return (
+        {prompt: row for row, prompt in enumerate(prompts)},
+        tensors["prompt_embeds"],
+        tensors["prompt_attention_mask"],
+    )
 
 
 def main(args: argparse.Namespace) -> Path:

@@ -454,7 +454,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 
     """Encodes uint8 RGB frames (F, H, W, 3) as H.264 in an mp4 with PyAV."""
     import av  # PyAV: the one video library the training code needs (decoding in data.py too)
 
-    # bitexact: no creation time or encoder version in the file, so the same seed writes the same bytes.
+    # bitexact: no creation time or encoder version in the file, so the same seed writes the same bytes (seen in
+    # quiet runs; once not under heavy load, so tests check the decoded pixels).
     with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt

@@ -40,6 +40,7 @@ from training import checkpointing
 from training.data import (
     FrameCountBatchSampler,
     add_data_arguments,
+    check_data_arguments,
     collate_videos,
     dataset_from_args,
     make_dataloader,
@@ -138,7 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """Parses and checks the flags; a bad value raises a ValueError that names its flag."""
+    args = build_parser().parse_args(argv)
+    check_data_arguments(args)
+    checkpointing.check_run_arguments(args)
+    if not 0 <= args.kl_weight < float("inf"):
+        raise ValueError(f"--kl_weight must be 0 or more, got {args.kl_weight}")
+    if args.stats_num_samples < 1:
+        raise ValueError(f"--stats_num_samples must be at least 1, got {args.stats_num_samples}")
+    if args.validation_data_dir is None and args.num_validation_clips < 1:
+        raise ValueError(
+            f"--num_validation_clips must be at least 1 without --validation_data_dir, got {args.num_validation_clips}"
+        )
+    return args
 
 
 class _AutoencoderWithPosterior(torch.nn.Module):
@@ -241,7 +254,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # 1. Model
     if args.pretrained_vae_path:
-        vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path)
+        vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path, use_safetensors=True)
     else:
         vae = AutoencoderKLSpacetime.from_config(load_json_config(args.vae_config))
     temporal, spatial = vae.temporal_compression_ratio, vae.spatial_compression_ratio

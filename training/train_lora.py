@@ -62,7 +62,13 @@ from tqdm.auto import tqdm
 from diffusers_spacetime import SpacetimeVideoPipeline
 from diffusers_spacetime.model_card import lora_card, push_lora_to_hub
 from training import checkpointing
-from training.data import add_data_arguments, collate_videos, dataset_from_args, make_dataloader
+from training.data import (
+    add_data_arguments,
+    check_data_arguments,
+    collate_videos,
+    dataset_from_args,
+    make_dataloader,
+)
 from training.train_text_to_video import (
     LatentCacheDataset,
     build_cache,
@@ -223,6 +229,8 @@ def _is_hub_id(reference: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses and checks the flags; a bad value raises a ValueError that names its flag."""
     args = build_parser().parse_args(argv)
+    check_data_arguments(args)
+    checkpointing.check_run_arguments(args)
     if args.rank < 1:
         raise ValueError(f"--rank must be a positive int, got {args.rank}")
     if args.lora_alpha is not None:
@@ -262,7 +270,7 @@ def load_base_pipeline(args: argparse.Namespace) -> SpacetimeVideoPipeline:
                 "is what train_text_to_video.py writes to output_dir/pipeline)"
             )
     try:
-        pipe = SpacetimeVideoPipeline.from_pretrained(source, dtype=torch.float32)
+        pipe = SpacetimeVideoPipeline.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
     except OSError as error:  # a Hub id that does not resolve (or no network)
         raise ValueError(f"--pretrained_model_name_or_path: could not load {source!r}: {error}") from error
     for module in (pipe.text_encoder, pipe.vae, pipe.transformer):

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a file (accelerate launch training/train
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -50,6 +51,7 @@ from training import checkpointing
 from training.data import (
     FrameCountBatchSampler,
     add_data_arguments,
+    check_data_arguments,
     collate_videos,
     dataset_from_args,
     make_dataloader,
@@ -227,6 +229,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--caption_dropout and --condition_frames_prob are probabilities in [0, 1]")
     if args.max_condition_frames < 1:
         parser.error("--max_condition_frames must be at least 1")
+    # Values argparse accepts but training cannot use: a ValueError naming the flag, before any model loads.
+    check_data_arguments(args)
+    checkpointing.check_run_arguments(args)
+    if not 0 < args.flow_shift < float("inf"):
+        raise ValueError(f"--flow_shift must be a positive number, got {args.flow_shift}")
+    if not 0.0 <= args.ema_decay <= 1.0:
+        raise ValueError(f"--ema_decay must be in [0, 1], got {args.ema_decay}")
     return args
 
 
@@ -252,12 +261,14 @@ def load_components(args: argparse.Namespace):
         tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
         text_encoder = AutoModel.from_pretrained(text_encoder_path)
     if args.pretrained_vae_path:
-        vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path)
+        vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path, use_safetensors=True)
     else:
         vae = AutoencoderKLSpacetime.from_config(_load_json(args.vae_config))
     overrides = {"attention_span": args.attention_span} if args.attention_span else {}
     if args.pretrained_transformer_path:
-        transformer = SpacetimeDiTModel.from_pretrained(args.pretrained_transformer_path, **overrides)
+        transformer = SpacetimeDiTModel.from_pretrained(
+            args.pretrained_transformer_path, use_safetensors=True, **overrides
+        )
     else:
         transformer = SpacetimeDiTModel.from_config({**_load_json(args.transformer_config), **overrides})
     scheduler = FlowMatchEulerDiscreteScheduler(shift=args.flow_shift)
@@ -287,7 +298,10 @@ def check_sizes(args: argparse.Namespace, vae: AutoencoderKLSpacetime, transform
             )
 
 
-# 2. Optional caches: posterior mean/std and unpadded caption embeddings per clip, one file each
+# 2. Optional caches: posterior mean/std and unpadded caption embeddings per clip, one safetensors file each
+CACHE_SUFFIX = ".safetensors"  # tensors only: `sequence_length` is stored as a 0-d int64 tensor
+
+
 class LatentCacheDataset(torch.utils.data.Dataset):
     """Reads the per-clip cache files that `build_cache` wrote; same indices and frame counts as the video dataset."""
 
@@ -298,7 +312,8 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         return len(self.frame_counts)
 
     def __getitem__(self, index: int) -> dict:
-        return torch.load(self.cache_dir / f"{index:08d}.pt", weights_only=True) | {"index": index}
+        entry = safetensors.torch.load_file(self.cache_dir / f"{index:08d}{CACHE_SUFFIX}")
+        return entry | {"sequence_length": int(entry["sequence_length"]), "index": index}
 
 
 def collate_cached(examples: list[dict]) -> dict:
@@ -335,7 +350,7 @@ def build_cache(args, accelerator, dataset, vae, text_pipe, fingerprint: dict) -
     todo = [
         index
         for index in range(accelerator.process_index, len(dataset), accelerator.num_processes)
-        if not (cache_dir / f"{index:08d}.pt").exists()
+        if not (cache_dir / f"{index:08d}{CACHE_SUFFIX}").exists()
     ]
     sampler = FrameCountBatchSampler(
         [dataset.frame_counts[index] for index in todo], args.train_batch_size, shuffle=False, drop_last=False
@@ -361,10 +376,13 @@ def build_cache(args, accelerator, dataset, vae, text_pipe, fingerprint: dict) -
                 "latent_mean": posterior.mean[row].float().cpu(),
                 "latent_std": posterior.std[row].float().cpu(),
                 "prompt_embeds": embeds[row, : int(mask[row].sum())].cpu(),  # padded positions are zeros: not stored
-                "sequence_length": embeds.shape[1],
+                "sequence_length": torch.tensor(embeds.shape[1], dtype=torch.int64),
             }
-            path = cache_dir / f"{index:08d}.pt"
-            torch.save(entry, path.with_suffix(".tmp"))
+            path = cache_dir / f"{index:08d}{CACHE_SUFFIX}"
+            # safetensors wants contiguous tensors that share no memory (the slices of a batch do not qualify)
+            safetensors.torch.save_file(
+                {name: tensor.contiguous().clone() for name, tensor in entry.items()}, path.with_suffix(".tmp")
+            )
             os.replace(path.with_suffix(".tmp"), path)
         progress.update(len(batch["indices"]))
     progress.close()

@@ -14,6 +14,7 @@ come from `LoraBaseMixin` unchanged.
 import dataclasses
 import json
 import os
+import pickle
 import re
 from collections.abc import Callable
 
@@ -109,21 +110,39 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
         if not isinstance(source, dict):
             source = os.fspath(source)
             weight_name, peft_config_metadata = cls._check_local_source(source, subfolder, weight_name)
+            if not allow_pickle:
+                cls._refuse_pickle(source, subfolder, weight_name)
 
-        state_dict, metadata = _fetch_state_dict(
-            pretrained_model_name_or_path_or_dict=source,
-            weight_name=weight_name,
-            use_safetensors=use_safetensors,
-            local_files_only=local_files_only,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            proxies=proxies,
-            token=token,
-            revision=revision,
-            subfolder=subfolder,
-            user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
-            allow_pickle=allow_pickle,
-        )
+        try:
+            state_dict, metadata = _fetch_state_dict(
+                pretrained_model_name_or_path_or_dict=source,
+                weight_name=weight_name,
+                use_safetensors=use_safetensors,
+                local_files_only=local_files_only,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                proxies=proxies,
+                token=token,
+                revision=revision,
+                subfolder=subfolder,
+                user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
+                allow_pickle=allow_pickle,
+            )
+        except OSError as error:
+            # diffusers reports a pickle that torch's weights-only loader refused as "Unable to load weights from
+            # checkpoint file": say why (nothing in it ran; the refusal is what keeps its code from running).
+            refusal = error
+            while refusal is not None and not isinstance(refusal, pickle.UnpicklingError):
+                refusal = refusal.__cause__ or refusal.__context__
+            if refusal is None:
+                raise
+            # torch's message starts with advice to retry with weights_only=False: keep only what it refused
+            lines = [line.strip() for line in str(refusal).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+            reason = lines[0] if lines else type(refusal).__name__
+            raise OSError(
+                f"Refused to load the LoRA pickle {weight_name or source!r}: it holds more than tensors, and torch's "
+                f"weights-only loader stopped before running any of it ({reason}). Use a .safetensors file."
+            ) from error
         if metadata is None:
             metadata = peft_config_metadata
 
@@ -175,6 +194,18 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
             fields = {field.name for field in dataclasses.fields(LoraConfig)}
             peft_config_metadata = {k: v for k, v in config.items() if k in fields}
         return weight_name, peft_config_metadata
+
+    @staticmethod
+    def _refuse_pickle(source: str, subfolder: str | None, weight_name: str | None) -> None:
+        """`use_safetensors=True` was passed: a local pickle file (`.bin`, `.pt`, ...) is not read at all."""
+        if not _is_local_reference(source):
+            return
+        path = source if os.path.isfile(source) else os.path.join(source, subfolder or "", weight_name or "")
+        if os.path.isfile(path) and not path.endswith(".safetensors"):
+            raise ValueError(
+                f"use_safetensors=True, but the LoRA weights {path!r} are not a .safetensors file (pickles can run "
+                "code when loaded): convert them, or leave `use_safetensors` unset to allow torch's weights-only load."
+            )
 
     @staticmethod
     def _to_diffusers_layout(state_dict: dict[str, torch.Tensor], metadata: dict | None):

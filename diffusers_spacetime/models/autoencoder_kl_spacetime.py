@@ -621,6 +621,12 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
         if not all(isinstance(flag, bool) for flag in temporal_downsample):
             raise ValueError(f"temporal_downsample must hold bools, got {temporal_downsample!r}.")
         for name, values in (("latents_mean", latents_mean), ("latents_std", latents_std)):
+            if values is not None and (
+                isinstance(values, (str, bytes))
+                or not hasattr(values, "__len__")
+                or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values)
+            ):
+                raise ValueError(f"{name} must be a list of numbers (one per latent channel) or None, got {values!r}.")
             if values is not None and len(values) != latent_channels:
                 raise ValueError(
                     f"{name} must have one value per latent channel (latent_channels={latent_channels}), "
@@ -641,9 +647,12 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
             raise ValueError(
                 f"{name} must be 5D (batch, channels, num_frames, height, width), got shape {tuple(video.shape)}{hint}."
             )
-        _, num_channels, num_frames, height, width = video.shape
+        batch_size, num_channels, num_frames, height, width = video.shape
+        if batch_size < 1:
+            raise ValueError(f"{name} must hold at least one video (batch >= 1), got shape {tuple(video.shape)}.")
         if num_channels != self.config.in_channels:
             raise ValueError(f"{name} has {num_channels} channels, but in_channels={self.config.in_channels}.")
+        self._check_dtype(video, name)
         ratio = self.temporal_compression_ratio
         if num_frames < 1 or (num_frames - 1) % ratio:
             raise ValueError(
@@ -672,6 +681,24 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
             )
         if min(latent.shape[2:]) < 1:
             raise ValueError(f"{name} must have at least one frame, row and column, got shape {tuple(latent.shape)}.")
+        if latent.shape[0] < 1:
+            raise ValueError(f"{name} must hold at least one latent (batch >= 1), got shape {tuple(latent.shape)}.")
+        self._check_dtype(latent, name)
+
+    def _check_dtype(self, tensor: torch.Tensor, name: str) -> None:
+        # A TypeError here instead of the convolution's "Input type (long int) and bias type (float) should be the
+        # same". `self.dtype` is the compute dtype under layerwise casting; autocast converts inputs itself.
+        if not tensor.dtype.is_floating_point:
+            hint = " (uint8 frames: x.float() / 127.5 - 1)" if tensor.dtype == torch.uint8 else ""
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}{hint}.")
+        if next(self.parameters(), None) is None or torch.is_autocast_enabled(tensor.device.type):
+            return
+        expected = self.dtype
+        if tensor.dtype != expected:
+            raise TypeError(
+                f"{name} has dtype {tensor.dtype} but the model computes in {expected}: cast it with "
+                f"{name}.to({expected}) (or run under torch.autocast)."
+            )
 
     # 6.2 Tiling settings
 

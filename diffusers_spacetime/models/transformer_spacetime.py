@@ -440,6 +440,23 @@ def _nearest_multiples(size: int, multiple: int) -> str:
     return " or ".join(str(value) for value in candidates)
 
 
+def _drop_shared_padding(
+    encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cuts the padded tail off the text when every row keeps the same leading tokens, and drops the mask.
+
+    Exact (masked keys contribute nothing), cheaper (fewer keys), and it lets mask-less attention backends (flash)
+    run the cross-attention. That is the common case: the pipeline encodes one prompt per guidance pass. Rows with
+    different lengths keep the mask.
+    """
+    keep = encoder_attention_mask.to(torch.bool)  # (B, L)
+    length = int(keep[0].sum())
+    prefix = torch.arange(keep.shape[1], device=keep.device) < length  # (L,)
+    if length == 0 or not bool((keep == prefix).all()):
+        return encoder_hidden_states, encoder_attention_mask
+    return encoder_hidden_states[:, :length], None  # (B, length, C)
+
+
 class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
     r"""
     A diffusion transformer over spacetime patches (tubelets) of a video latent, conditioned on text and noise level.
@@ -529,7 +546,7 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         patch_size = tuple(patch_size)
         if len(patch_size) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch_size):
             raise ValueError(f"patch_size must be three positive ints (frames, rows, columns), got {patch_size}.")
-        if attention_head_dim < 6 or attention_head_dim % 2:
+        if not isinstance(attention_head_dim, int) or attention_head_dim < 6 or attention_head_dim % 2:
             raise ValueError(
                 f"attention_head_dim must be even and at least 6 (the 3D rotary embedding rotates pairs along "
                 f"frames, rows and columns), got {attention_head_dim}."
@@ -547,6 +564,11 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if freq_dim % 2:
             raise ValueError(f"freq_dim must be even (sine and cosine halves), got {freq_dim}.")
+        if out_channels is not None and (not isinstance(out_channels, int) or out_channels < 1):
+            raise ValueError(f"out_channels must be a positive int or None (= in_channels), got {out_channels!r}.")
+        for name, value in (("eps", eps), ("rope_theta", rope_theta)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
 
         inner_dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
@@ -590,6 +612,11 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         if hidden_states.ndim != 5:
             raise ValueError(f"hidden_states must be 5-D (B, C, F, H, W), got shape {tuple(hidden_states.shape)}.")
         batch_size, channels, num_frames, height, width = hidden_states.shape
+        if min(batch_size, num_frames, height, width) < 1:
+            raise ValueError(
+                f"hidden_states must have at least one sample, frame, row and column, got shape "
+                f"{tuple(hidden_states.shape)}."
+            )
         if channels != self.config.in_channels:
             raise ValueError(
                 f"hidden_states has {channels} channels but the model was built with in_channels="
@@ -611,6 +638,19 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
                 f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} does not match hidden_states batch "
                 f"{batch_size}."
             )
+        # A TypeError here instead of a convolution's or matmul's dtype mismatch deep in the forward. The patch
+        # embedding keeps the compute dtype under layerwise casting; autocast converts inputs itself.
+        compute_dtype = self.patch_embedding.weight.dtype
+        for name, value in (("hidden_states", hidden_states), ("encoder_hidden_states", encoder_hidden_states)):
+            if not value.dtype.is_floating_point:
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}.")
+            if value.dtype != compute_dtype and not torch.is_autocast_enabled(value.device.type):
+                raise TypeError(
+                    f"{name} has dtype {value.dtype} but the model computes in {compute_dtype}: cast it with "
+                    f"{name}.to({compute_dtype}) (or run under torch.autocast)."
+                )
+        if timestep.dtype == torch.bool or timestep.dtype.is_complex:
+            raise TypeError(f"timestep must hold real numbers (noise levels), got dtype {timestep.dtype}.")
         if encoder_attention_mask is not None:
             if not isinstance(encoder_attention_mask, torch.Tensor):
                 raise TypeError(
@@ -686,7 +726,12 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             `Transformer2DModelOutput` with `sample` of shape `(B, out_channels, F, H, W)`, or `(sample,)`.
         """
         if not isinstance(timestep, torch.Tensor):
-            timestep = torch.tensor(timestep, device=getattr(hidden_states, "device", None))
+            try:
+                timestep = torch.tensor(timestep, device=getattr(hidden_states, "device", None))
+            except (TypeError, RuntimeError, ValueError) as error:
+                raise TypeError(
+                    f"timestep must be a number, a list of numbers or a torch.Tensor, got {type(timestep).__name__}."
+                ) from error
         self._check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)
         timestep = timestep.to(hidden_states.device)
         batch_size, _, num_frames, height, width = hidden_states.shape
@@ -705,6 +750,10 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         elif timestep.ndim == 2:
             timestep = self._frame_timesteps(timestep)  # (B, F') or (B,)
         temb, temb_proj = self.time_embedder(timestep)  # (B, [F',] D), (B, [F',] 6, D)
+        if encoder_attention_mask is not None and not torch.compiler.is_compiling():
+            encoder_hidden_states, encoder_attention_mask = _drop_shared_padding(
+                encoder_hidden_states, encoder_attention_mask
+            )
         encoder_hidden_states = self.text_embedder(encoder_hidden_states)  # (B, L, D)
         attention_bias = None
         if encoder_attention_mask is not None:

@@ -8,7 +8,10 @@ Decisions worth knowing (the README repeats them):
   own `transformer.cache_context("cond")` / `("uncond")`, so diffusers' cache hooks keep separate state per branch;
   the two prompts may have different token lengths and masks; peak activation memory is that of one batch. The cost:
   on a GPU with spare capacity two calls are slower than one doubled batch, and diffusers' FasterCache (which expects
-  a batched [uncond, cond] input) does not apply; FirstBlockCache, PyramidAttentionBroadcast and TaylorSeer do.
+  a batched [uncond, cond] input) does not apply. FirstBlockCache and TaylorSeer keep state per cache context and
+  work with guidance; diffusers 0.42's PyramidAttentionBroadcast keeps one state per attention module, so with
+  guidance > 1 the unconditional pass reuses the conditional pass's attention (measured drift 0.17 vs 4e-3): use it
+  without guidance (benchmarks/README.md).
 - The transformer works in a normalised latent space: `z_norm = (z - latents_mean) / latents_std` with the VAE's
   per-channel statistics, and the pipeline decodes `z_norm * latents_std + latents_mean`.
 - Schedulers are driven only through the generic API (`set_timesteps`, `timesteps`, `init_noise_sigma`,
@@ -247,8 +250,12 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
 
         if not _is_int(num_inference_steps) or num_inference_steps <= 0:
             raise ValueError(f"`num_inference_steps` must be a positive int, got {num_inference_steps!r}.")
-        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+        if (
+            not isinstance(guidance_scale, (int, float))
+            or isinstance(guidance_scale, bool)
+            or not 0 <= guidance_scale < float("inf")  # also False for NaN
+        ):
+            raise ValueError(f"`guidance_scale` must be a number >= 0 and finite, got {guidance_scale!r}.")
         if not _is_int(num_videos_per_prompt) or num_videos_per_prompt <= 0:
             raise ValueError(f"`num_videos_per_prompt` must be a positive int, got {num_videos_per_prompt!r}.")
         if max_sequence_length is not None and (not _is_int(max_sequence_length) or max_sequence_length <= 0):
@@ -298,6 +305,8 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
             if not torch.is_tensor(embeds) or embeds.ndim != 3 or embeds.shape[-1] != text_embed_dim:
                 shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
                 raise ValueError(f"`{name}` must be a tensor (batch, tokens, {text_embed_dim}), got {shape}.")
+            if not embeds.dtype.is_floating_point:
+                raise ValueError(f"`{name}` must be floating point (text encoder states), got dtype {embeds.dtype}.")
             if not torch.isfinite(embeds).all():
                 raise ValueError(f"`{name}` contains NaN or infinite values.")
             if mask is not None and (not torch.is_tensor(mask) or tuple(mask.shape) != tuple(embeds.shape[:2])):
@@ -509,6 +518,12 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
             height // self.vae_scale_factor_spatial,
             width // self.vae_scale_factor_spatial,
         )
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(item is None or isinstance(item, torch.Generator) for item in generators):
+            raise ValueError(
+                f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}: for a "
+                "seed, pass torch.Generator().manual_seed(seed)."
+            )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"`generator` is a list of {len(generator)} generators but the batch has {batch_size} videos "
@@ -520,6 +535,8 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
             if not torch.is_tensor(latents) or tuple(latents.shape) != shape:
                 got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
                 raise ValueError(f"`latents` must have shape {shape} for these settings, got {got}.")
+            if not latents.dtype.is_floating_point:
+                raise ValueError(f"`latents` must be floating point (unit Gaussian noise), got dtype {latents.dtype}.")
             if not torch.isfinite(latents).all():
                 raise ValueError("`latents` contains NaN or infinite values.")
             latents = latents.to(device=device, dtype=dtype)
@@ -698,6 +715,13 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         `condition_latents` (1 or B, C, n, h, w), normalised, are the clean first `n` latent frames (image-to-video,
         continuation): they get timestep 0 and are written back after every scheduler step.
         """
+        if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
+            raise ValueError(f"`attention_kwargs` must be a dict or None, got {type(attention_kwargs).__name__}.")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(
+                f"`callback_on_step_end` must be callable (pipe, step, timestep, callback_kwargs) -> dict, got "
+                f"{type(callback_on_step_end).__name__}."
+            )
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None

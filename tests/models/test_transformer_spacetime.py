@@ -120,6 +120,20 @@ def test_all_ones_mask_equals_no_mask(model):
         )
 
 
+def test_shared_padding_is_cut_so_mask_less_backends_run():
+    # One prompt per call (the pipeline's guidance passes): every row has the same padded tail. The model cuts it
+    # instead of masking, which is exact and lets flash-style backends, which reject masks, run cross-attention.
+    model = make_model()
+    hidden_states, timestep, text = make_inputs()
+    padded_text = torch.cat([text, 100 * torch.randn(2, 3, TEXT_DIM)], dim=1)
+    mask = torch.cat([torch.ones(2, 5), torch.zeros(2, 3)], dim=1)
+    with torch.no_grad():
+        reference = model(hidden_states, timestep, text).sample
+        model.set_attention_backend("_native_flash")
+        flash = model(hidden_states, timestep, padded_text, mask).sample
+    torch.testing.assert_close(flash, reference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("per_frame_timestep", [False, True])
 def test_frame_span_isolates_frames_and_spacetime_mixes_them(per_frame_timestep):
     hidden_states, _, text = make_inputs(num_frames=4)

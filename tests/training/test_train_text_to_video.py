@@ -112,7 +112,7 @@ def test_cached_latents_give_the_same_loss(shapes_dir, tmp_path):
     plain = train_text_to_video.main(_args(shapes_dir, tmp_path / "plain", *common))
     cached = train_text_to_video.main(_args(shapes_dir, tmp_path / "cached", *common, "--cache_latents"))
     assert cached["losses"] == pytest.approx(plain["losses"], rel=1e-4)
-    assert len(list((tmp_path / "cached" / "cache").glob("*.pt"))) == 12
+    assert len(list((tmp_path / "cached" / "cache").glob("*.safetensors"))) == 12
 
 
 def test_attention_span_frame_trains_the_per_frame_baseline(shapes_dir, tmp_path):
