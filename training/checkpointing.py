@@ -67,33 +67,39 @@ def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: s
     if resume_from_checkpoint == "latest":
         path = latest_checkpoint(output_dir)
         if path is not None:
-            check_custom_states(path)
+            check_pickled_states(path)
         return path
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         path = Path(output_dir) / resume_from_checkpoint
     if not (path / COMPLETE_MARKER).is_file():
         raise ValueError(f"{str(path)!r} is not a complete checkpoint (no {COMPLETE_MARKER})")
-    check_custom_states(path)
+    check_pickled_states(path)
     return path
 
 
-def check_custom_states(checkpoint: str | os.PathLike) -> None:
-    """Refuses a checkpoint whose `custom_checkpoint_<i>.pkl` (an EMA's state) is more than plain tensors and numbers.
+def check_pickled_states(checkpoint: str | os.PathLike) -> None:
+    """Refuses a checkpoint whose pickled states are more than plain tensors, numbers and RNG states.
 
-    accelerate's `load_state` reads those files with `torch.load(weights_only=False)`, which would run any code a
-    planted pickle holds; everything else it reads weights-only. Reading them weights-only first runs nothing and
-    lets only plain state dicts through.
+    accelerate's `load_state` reads `custom_checkpoint_<i>.pkl` (an EMA's state) with `torch.load(weights_only=False)`,
+    which would run any code a planted pickle holds, and it skips a `random_states_<i>.pkl` it cannot read without a
+    word (the run then resumes with other random numbers). Reading both weights-only first runs nothing, lets only
+    plain states through, and turns either case into a clear error. The model and optimizer files accelerate itself
+    reads safetensors or weights-only.
     """
-    for path in sorted(Path(checkpoint).glob("custom_checkpoint_*.pkl")):
+    from accelerate.utils import load as accelerate_load  # weights-only, with numpy's RNG state allowed
+
+    checkpoint = Path(checkpoint)
+    files = [(path, torch.load) for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl"))]
+    files += [(path, accelerate_load) for path in sorted(checkpoint.glob("random_states_*.pkl"))]
+    for path, load in files:
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # UnpicklingError for foreign objects; anything else: not a state dict either
+            load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError for foreign objects; anything else: not a plain state either
             lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
             raise ValueError(
-                f"--resume_from_checkpoint: refusing {str(path)!r}: it is not a plain state dict "
-                f"({lines[0] if lines else type(error).__name__}), and accelerate would unpickle it with "
-                "weights_only=False, running any code in it"
+                f"--resume_from_checkpoint: refusing {str(path)!r}: it is not a plain state "
+                f"({lines[0] if lines else type(error).__name__}); nothing in it was run"
             ) from error
 
 

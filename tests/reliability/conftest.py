@@ -10,7 +10,12 @@ import torch
 from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel
 
 # The tiny configs of the model tests: 4x spatial and 4x temporal compression, patch (1, 2, 2).
-TINY_VAE = {"block_out_channels": (16, 32, 32), "layers_per_block": 1, "latent_channels": 4, "temporal_downsample": (True, True)}
+TINY_VAE = {
+    "block_out_channels": (16, 32, 32),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "temporal_downsample": (True, True),
+}
 TINY_DIT = {
     "in_channels": 4, "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 2,
     "ffn_dim": 64, "text_embed_dim": 32,

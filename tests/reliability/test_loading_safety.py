@@ -11,6 +11,7 @@
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -130,10 +131,16 @@ def test_config_that_is_not_json(fresh_copy, tmp_path, capsys):
 @pytest.mark.parametrize(
     "entry, match",
     [
-        (["diffusers_spacetime", "SpacetimeNoSuchModel"], r"`diffusers_spacetime` has no class `SpacetimeNoSuchModel`"),
+        (
+            ["diffusers_spacetime", "SpacetimeNoSuchModel"],
+            r"`diffusers_spacetime` has no class `SpacetimeNoSuchModel`",
+        ),
         (["diffusers", "NoSuchDiffusersModel"], r"`diffusers` has no class `NoSuchDiffusersModel`"),
         # never imported: importing a module a repository names would run its code
-        (["no_such_library", "Foo"], r"no_such_library is not one of the libraries Diffusers can load components from"),
+        (
+            ["no_such_library", "Foo"],
+            r"no_such_library is not one of the libraries Diffusers can load components from",
+        ),
     ],
 )
 def test_model_index_naming_an_unknown_class(fresh_copy, tmp_path, capsys, entry, match):
@@ -182,7 +189,9 @@ def test_planted_model_pickle_runs_nothing(fresh_copy, tmp_path, capsys, marker,
         SpacetimeVideoPipeline.from_pretrained(folder, use_safetensors=True)
     assert f"no file named {WEIGHTS}" in _cli_error(folder, tmp_path, capsys)
     # diffusers' default falls back to the .bin, read with torch.load(weights_only=True): refused before it runs.
-    with pytest.raises(OSError, match=r"Unable to load weights from checkpoint file for '.*diffusion_pytorch_model.bin'"):
+    with pytest.raises(
+        OSError, match=r"Unable to load weights from checkpoint file for '.*diffusion_pytorch_model.bin'"
+    ):
         AutoencoderKLSpacetime.from_pretrained(folder / "vae")
     with pytest.raises(OSError, match=r"diffusion_pytorch_model.bin"):
         SpacetimeVideoPipeline.from_pretrained(folder)
@@ -195,12 +204,16 @@ def test_planted_lora_pickle_runs_nothing(tokenizer, tmp_path, marker, torch_for
     folder.mkdir()
     plant_pickle(folder / "pytorch_lora_weights.bin", marker, torch_format)
     # Default (pickles allowed, weights-only): refused, and the message says why.
-    with pytest.raises(OSError, match=r"Refused to load the LoRA pickle 'pytorch_lora_weights.bin': it holds more than"):
+    with pytest.raises(
+        OSError, match=r"Refused to load the LoRA pickle 'pytorch_lora_weights.bin': it holds more than"
+    ):
         pipe.load_lora_weights(folder)
     with pytest.raises(OSError, match=r"Refused to load the LoRA pickle '.*pytorch_lora_weights.bin'"):
         pipe.load_lora_weights(folder / "pytorch_lora_weights.bin")
     # use_safetensors=True: before, the loader still picked the .bin; now it is never opened.
-    with pytest.raises(ValueError, match=r"use_safetensors=True, but the LoRA weights '.*pytorch_lora_weights.bin' are not"):
+    with pytest.raises(
+        ValueError, match=r"use_safetensors=True, but the LoRA weights '.*pytorch_lora_weights.bin' are not"
+    ):
         pipe.load_lora_weights(folder, use_safetensors=True)
     assert pipe.get_list_adapters() == {}
 
@@ -222,22 +235,20 @@ def _accelerate_checkpoint(tmp_path, with_ema: bool):
 
 def test_planted_pickle_in_a_training_checkpoint_runs_nothing(tmp_path, marker):
     accelerator, checkpoint = _accelerate_checkpoint(tmp_path, with_ema=True)
-    assert checkpointing.resolve_resume_path(tmp_path / "run", "latest") == checkpoint  # a real EMA state passes
-    # accelerate unpickles custom states (the EMA) with weights_only=False: resume now refuses a foreign one first.
-    shutil.copy(checkpoint / "custom_checkpoint_0.pkl", tmp_path / "ema.pkl")
-    plant_pickle(checkpoint / "custom_checkpoint_0.pkl", marker)
-    with pytest.raises(ValueError, match=r"refusing '.*custom_checkpoint_0.pkl': it is not a plain state dict \(.*posix.system"):
-        checkpointing.resolve_resume_path(tmp_path / "run", "latest")
-    with pytest.raises(ValueError, match=r"refusing '.*custom_checkpoint_0.pkl'"):
-        checkpointing.resolve_resume_path(tmp_path / "run", str(checkpoint))
-    # The optimizer and RNG states: accelerate reads them weights-only itself.
-    shutil.copy(tmp_path / "ema.pkl", checkpoint / "custom_checkpoint_0.pkl")
-    for name in ("optimizer.bin", "random_states_0.pkl"):
+    assert checkpointing.resolve_resume_path(tmp_path / "run", "latest") == checkpoint  # real states pass
+    # accelerate unpickles custom states (the EMA) with weights_only=False, and silently skips RNG states it cannot
+    # read: resuming now reads both weights-only first and refuses a foreign one.
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
         shutil.copy(checkpoint / name, tmp_path / "original")
         plant_pickle(checkpoint / name, marker)
-        with pytest.raises(Exception, match=r"Weights only load failed|weights_only"):
-            accelerator.load_state(str(checkpoint))
+        for reference in ("latest", str(checkpoint)):
+            with pytest.raises(ValueError, match=rf"refusing '.*{name}': it is not a plain state \(.*posix.system"):
+                checkpointing.resolve_resume_path(tmp_path / "run", reference)
         shutil.copy(tmp_path / "original", checkpoint / name)
+    # The optimizer state: accelerate reads it weights-only itself.
+    plant_pickle(checkpoint / "optimizer.bin", marker)
+    with pytest.raises(pickle.UnpicklingError, match=r"Weights only load failed"):
+        accelerator.load_state(str(checkpoint))
 
 
 # 5. What the package writes
