@@ -32,7 +32,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_spacetime import AutoencoderKLSpacetime
@@ -45,6 +44,7 @@ from training.data import (
     dataset_from_args,
     make_dataloader,
 )
+from training.optimization import add_optimization_arguments, make_lr_scheduler, make_optimizer
 
 logger = get_logger(__name__)
 
@@ -74,44 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--kl_weight", type=float, default=1e-6, help="Weight of the KL term (see the module docstring)."
     )
-    group = parser.add_argument_group("optimisation")
-    group.add_argument(
-        "--output_dir", required=True, help="Run folder: checkpoints, logs, train_log.jsonl and the final vae/."
-    )
-    group.add_argument("--seed", type=int, default=0, help="Seed of the model init, data order and posterior samples.")
-    group.add_argument("--train_batch_size", type=int, default=4, help="Clips per process per micro-batch.")
-    group.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless --max_train_steps is set.")
-    group.add_argument(
-        "--max_train_steps", type=int, default=None, help="Optimizer steps in total; overrides --num_train_epochs."
-    )
-    group.add_argument(
-        "--max_train_time",
-        type=float,
-        default=None,
-        help="Stop after this many seconds of training in this run (a job's time limit), then save as at the end. "
-        "With --lr_scheduler constant_with_warmup the result equals a run of that many steps.",
-    )
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
-    group.add_argument(
-        "--lr_scheduler",
-        default="constant_with_warmup",
-        help="diffusers.optimization.get_scheduler name: linear, cosine, constant, constant_with_warmup, ...",
-    )
-    group.add_argument("--lr_warmup_steps", type=int, default=100, help="Warm-up optimizer steps.")
-    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
-    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
-    group.add_argument("--adam_weight_decay", type=float, default=1e-4, help="AdamW weight decay.")
-    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
-    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
-    group.add_argument(
-        "--mixed_precision",
-        choices=("no", "fp16", "bf16"),
-        default=None,
-        help="Autocast precision; default: the accelerate config's (no on CPU).",
-    )
-    group.add_argument(
-        "--report_to", default="tensorboard", help="accelerate tracker: tensorboard, wandb, all or none."
+    add_optimization_arguments(
+        parser,
+        output_dir_help="Run folder: checkpoints, logs, train_log.jsonl and the final vae/.",
+        seed_help="Seed of the model init, data order and posterior samples.",
+        train_batch_size=4,
+        mixed_precision_help="Autocast precision; default: the accelerate config's (no on CPU).",
     )
     checkpointing.add_checkpoint_arguments(parser)
     group = parser.add_argument_group("validation and latent statistics")
@@ -281,24 +249,11 @@ def main(args: argparse.Namespace) -> dict:
     batch_sampler = train_dataloader.batch_sampler
 
     # 3. Optimizer and schedule (the prepared scheduler steps once per process per optimizer step)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
+    optimizer = make_optimizer(model.parameters(), args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # per-process batches
-    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+    lr_scheduler, updates_per_epoch, max_train_steps, num_epochs = make_lr_scheduler(
+        args, accelerator, optimizer, len(train_dataloader)
     )
-    lr_scheduler = accelerator.prepare(lr_scheduler)
     if accelerator.is_main_process:
         accelerator.init_trackers("train_autoencoder", config=_tracker_config(args))
 

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -53,7 +52,6 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.optimization import get_scheduler
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -69,6 +67,7 @@ from training.data import (
     dataset_from_args,
     make_dataloader,
 )
+from training.optimization import add_optimization_arguments, make_lr_scheduler, make_optimizer
 from training.train_text_to_video import (
     LatentCacheDataset,
     build_cache,
@@ -151,40 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Encode every clip (posterior mean/std) and caption once, before training, into --cache_dir.",
     )
     group.add_argument("--cache_dir", default=None, help="Where --cache_latents writes; default: output_dir/cache.")
-    group = parser.add_argument_group("optimisation")
-    group.add_argument(
-        "--output_dir", required=True, help="Run folder: checkpoints, logs, validation/, train_log.jsonl, lora/."
-    )
-    group.add_argument(
-        "--seed", type=int, default=0, help="Seed of the adapter init, data order, noise and timesteps."
-    )
-    group.add_argument("--train_batch_size", type=int, default=4, help="Clips per process per micro-batch.")
-    group.add_argument("--num_train_epochs", type=int, default=1, help="Epochs, unless --max_train_steps is set.")
-    group.add_argument(
-        "--max_train_steps", type=int, default=None, help="Optimizer steps in total; overrides --num_train_epochs."
-    )
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate of the adapter.")
-    group.add_argument(
-        "--lr_scheduler",
-        default="constant",
-        help="diffusers.optimization.get_scheduler name: constant, constant_with_warmup, linear, cosine, ...",
-    )
-    group.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps.")
-    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
-    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
-    group.add_argument("--adam_weight_decay", type=float, default=1e-4, help="AdamW weight decay of the adapter.")
-    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
-    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
-    group.add_argument(
-        "--mixed_precision",
-        choices=("no", "fp16", "bf16"),
-        default=None,
-        help="Autocast precision; the frozen base weights are stored in it too (the adapter stays float32). "
-        "Default: the accelerate config's.",
-    )
-    group.add_argument(
-        "--report_to", default="tensorboard", help="accelerate tracker: tensorboard, wandb, all or none."
+    add_optimization_arguments(
+        parser,
+        output_dir_help="Run folder: checkpoints, logs, validation/, train_log.jsonl, lora/.",
+        seed_help="Seed of the adapter init, data order, noise and timesteps.",
+        train_batch_size=4,
+        max_train_time=False,
+        learning_rate_help="Peak learning rate of the adapter.",
+        lr_scheduler="constant",
+        lr_scheduler_help="diffusers.optimization.get_scheduler name: constant, constant_with_warmup, linear, cosine, ...",
+        lr_warmup_steps=0,
+        adam_weight_decay_help="AdamW weight decay of the adapter.",
+        mixed_precision_help="Autocast precision; the frozen base weights are stored in it too (the adapter stays "
+        "float32). Default: the accelerate config's.",
     )
     checkpointing.add_checkpoint_arguments(parser)
     group = parser.add_argument_group("evaluation and validation")
@@ -519,13 +497,7 @@ def main(args: argparse.Namespace) -> dict:
     batch_sampler = train_dataloader.batch_sampler
 
     # 4d. Optimizer over the adapter only, schedule, accelerate; checkpoints hold the adapter, not the frozen base
-    optimizer = torch.optim.AdamW(
-        [param for param in transformer.parameters() if param.requires_grad],
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
+    optimizer = make_optimizer([param for param in transformer.parameters() if param.requires_grad], args)
     transformer, optimizer, train_dataloader = accelerator.prepare(transformer, optimizer, train_dataloader)
 
     def save_model_hook(models, weights, folder):
@@ -544,16 +516,9 @@ def main(args: argparse.Namespace) -> dict:
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # per-process batches
-    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+    lr_scheduler, updates_per_epoch, max_train_steps, num_epochs = make_lr_scheduler(
+        args, accelerator, optimizer, len(train_dataloader)
     )
-    lr_scheduler = accelerator.prepare(lr_scheduler)
 
     # 4e. Resume
     global_step, first_epoch, skip_batches = 0, 0, 0
