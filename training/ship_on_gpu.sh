@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU run of the shipped model's `vae` and `dit` stages (training/ship_shapes_model.sh) on a machine that has
 # torch but neither diffusers, PyAV nor the text encoder: wheels travel in .whl/, the clips and their caption
-# embeddings in data/ship/ (made here by the `data` stage). Weights come back in $OUT as fp16 safetensors (a split
+# embeddings in data/ship/ (made here by training/prepare_gpu_run.sh). Weights come back in $OUT as fp16 safetensors (a split
 # tar), with the training logs; `assemble` then builds the pipeline folder where the text encoder is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
