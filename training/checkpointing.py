@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 COMPLETE_MARKER = "training_state.json"
@@ -107,6 +108,45 @@ def read_training_state(checkpoint: str | os.PathLike) -> dict:
     """The marker's contents: at least `global_step`."""
     with open(Path(checkpoint) / COMPLETE_MARKER) as handle:
         return json.load(handle)
+
+
+def resume(
+    accelerator,
+    output_dir,
+    resume_path: Path | None,
+    updates_per_epoch: int,
+    gradient_accumulation_steps: int,
+    logger,
+    after_load=None,
+) -> tuple[int, int, int]:
+    """Loads `resume_path` (from `resolve_resume_path`) into the accelerator; returns (global_step, first_epoch,
+    skip_batches) for the loop, (0, 0, 0) for a fresh run. `after_load()` runs right after `load_state` (e.g. to move
+    an EMA back to the device). The train log is cut back to the checkpoint's step so a resumed run appends to it."""
+    if resume_path is None:
+        return 0, 0, 0
+    accelerator.load_state(str(resume_path))
+    if after_load is not None:
+        after_load()
+    global_step = read_training_state(resume_path)["global_step"]
+    first_epoch = global_step // updates_per_epoch
+    skip_batches = (global_step % updates_per_epoch) * gradient_accumulation_steps
+    if accelerator.is_main_process:
+        truncate_train_log(output_dir, global_step)
+    logger.info(f"Resumed from {resume_path} at step {global_step}")
+    return global_step, first_epoch, skip_batches
+
+
+def step_generator(seed: int, micro_step: int, process_index: int, device: torch.device) -> torch.Generator:
+    """The random numbers of one micro-step depend on (seed, micro-step, process) only: resuming reproduces them."""
+    state = int(np.random.SeedSequence([seed, micro_step, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(state)
+
+
+def tracker_config(args) -> dict:
+    """The run's arguments as tracker hyperparameters (plain values; anything else as its string)."""
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()
+    }
 
 
 def remove_stale(output_dir: str | os.PathLike) -> None:

@@ -135,12 +135,6 @@ class _AutoencoderWithPosterior(torch.nn.Module):
         return reconstruction, posterior.mean, posterior.logvar
 
 
-def step_generator(seed: int, micro_step: int, process_index: int, device: torch.device) -> torch.Generator:
-    """The random numbers of one micro-step depend on (seed, micro-step, process) only: resuming reproduces them."""
-    state = int(np.random.SeedSequence([seed, micro_step, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(state)
-
-
 def load_json_config(path: str | Path) -> dict:
     with open(path) as handle:
         return json.load(handle)
@@ -196,12 +190,6 @@ def latent_statistics(vae, dataset, accelerator, num_samples: int, batch_size: i
     return mean.tolist(), std.tolist()
 
 
-def _tracker_config(args: argparse.Namespace) -> dict:
-    return {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()
-    }
-
-
 def main(args: argparse.Namespace) -> dict:
     """Trains; returns {"losses": [per-step loss], "global_step", "validation_psnr", "latents_mean", "latents_std", "vae_path"}."""
     output_dir = Path(args.output_dir)
@@ -255,21 +243,15 @@ def main(args: argparse.Namespace) -> dict:
         args, accelerator, optimizer, len(train_dataloader)
     )
     if accelerator.is_main_process:
-        accelerator.init_trackers("train_autoencoder", config=_tracker_config(args))
+        accelerator.init_trackers("train_autoencoder", config=checkpointing.tracker_config(args))
 
     # 4. Resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
     resume_path = checkpointing.resolve_resume_path(output_dir, args.resume_from_checkpoint)
     if args.resume_from_checkpoint and resume_path is None:
         logger.info("No complete checkpoint to resume from: starting a fresh run")
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        global_step = checkpointing.read_training_state(resume_path)["global_step"]
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-        if accelerator.is_main_process:
-            checkpointing.truncate_train_log(output_dir, global_step)
-        logger.info(f"Resumed from {resume_path} at step {global_step}")
+    global_step, first_epoch, skip_batches = checkpointing.resume(
+        accelerator, output_dir, resume_path, updates_per_epoch, args.gradient_accumulation_steps, logger
+    )
 
     # 5. Training loop
     logger.info(
@@ -296,7 +278,9 @@ def main(args: argparse.Namespace) -> dict:
         loader.set_epoch(epoch)
         for batch in loader:
             skipped_files.update(batch["skipped"])
-            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            generator = checkpointing.step_generator(
+                args.seed, micro_step, accelerator.process_index, accelerator.device
+            )
             micro_step += 1
             with accelerator.accumulate(model):
                 pixel_values = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]

@@ -75,7 +75,6 @@ from training.train_text_to_video import (
     collate_cached,
     flow_matching_loss,
     log_validation,
-    step_generator,
 )
 
 logger = get_logger(__name__)
@@ -403,12 +402,6 @@ def base_model_id(args: argparse.Namespace) -> str:
     return source if _is_hub_id(source) else Path(source).resolve().name
 
 
-def _tracker_config(args: argparse.Namespace) -> dict:
-    return {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()
-    }
-
-
 # 4. Training
 def main(args: argparse.Namespace) -> dict:
     """Trains the adapter; returns {"losses", "global_step", "lora_path", "eval_loss_before", "eval_loss_after",
@@ -429,7 +422,9 @@ def main(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpointing.remove_stale(output_dir)
-        accelerator.init_trackers("train_lora", config=_tracker_config(args))  # before the base model's videos
+        accelerator.init_trackers(
+            "train_lora", config=checkpointing.tracker_config(args)
+        )  # before the base model's videos
     device = accelerator.device
 
     # 4a. The frozen base, the data, and the base model's validation videos
@@ -521,17 +516,11 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     # 4e. Resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
     if args.resume_from_checkpoint and resume_path is None:
         logger.info("No complete checkpoint to resume from: starting a fresh run")
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        global_step = checkpointing.read_training_state(resume_path)["global_step"]
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-        if accelerator.is_main_process:
-            checkpointing.truncate_train_log(output_dir, global_step)
-        logger.info(f"Resumed from {resume_path} at step {global_step}")
+    global_step, first_epoch, skip_batches = checkpointing.resume(
+        accelerator, output_dir, resume_path, updates_per_epoch, args.gradient_accumulation_steps, logger
+    )
 
     # 4f. Loop
     logger.info(
@@ -558,7 +547,7 @@ def main(args: argparse.Namespace) -> dict:
         loader.set_epoch(epoch)  # a resumed (or skipping) loader counts epochs from 0: give it the real one
         for batch in loader:
             skipped_files.update(batch["skipped"])
-            generator = step_generator(args.seed, micro_step, accelerator.process_index, device)
+            generator = checkpointing.step_generator(args.seed, micro_step, accelerator.process_index, device)
             micro_step += 1
             with accelerator.accumulate(transformer):
                 latents, prompt_embeds, prompt_mask = encode_batch(batch, pipe, args, generator, device, weight_dtype)

@@ -360,10 +360,6 @@ def build_cache(args, accelerator, dataset, vae, text_pipe, fingerprint: dict) -
 
 
 # 3. Randomness, noise and the loss
-def step_generator(seed: int, micro_step: int, process_index: int, device: torch.device) -> torch.Generator:
-    """The random numbers of one micro-step depend on (seed, micro-step, process) only: resuming reproduces them."""
-    state = int(np.random.SeedSequence([seed, micro_step, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(state)
 
 
 def condition_mask(
@@ -479,12 +475,6 @@ def log_validation(args, accelerator, pipeline: SpacetimeVideoPipeline, prompts:
     return paths
 
 
-def _tracker_config(args: argparse.Namespace) -> dict:
-    return {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()
-    }
-
-
 # 5. Training
 def main(args: argparse.Namespace) -> dict:
     """Trains; returns {"losses": [per-step loss], "global_step", "pipeline_path", "validation_videos"}."""
@@ -571,23 +561,22 @@ def main(args: argparse.Namespace) -> dict:
         args, accelerator, optimizer, len(train_dataloader)
     )
     if accelerator.is_main_process:
-        accelerator.init_trackers("train_text_to_video", config=_tracker_config(args))
+        accelerator.init_trackers("train_text_to_video", config=checkpointing.tracker_config(args))
 
     # 5d. Resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
     resume_path = checkpointing.resolve_resume_path(output_dir, args.resume_from_checkpoint)
     if args.resume_from_checkpoint and resume_path is None:
         logger.info("No complete checkpoint to resume from: starting a fresh run")
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        if ema is not None:
-            ema.to(accelerator.device)  # load_state puts the EMA's shadow weights on the CPU
-        global_step = checkpointing.read_training_state(resume_path)["global_step"]
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-        if accelerator.is_main_process:
-            checkpointing.truncate_train_log(output_dir, global_step)
-        logger.info(f"Resumed from {resume_path} at step {global_step}")
+    # load_state puts the EMA's shadow weights on the CPU: move them back right after it
+    global_step, first_epoch, skip_batches = checkpointing.resume(
+        accelerator,
+        output_dir,
+        resume_path,
+        updates_per_epoch,
+        args.gradient_accumulation_steps,
+        logger,
+        after_load=(lambda: ema.to(accelerator.device)) if ema is not None else None,
+    )
 
     def validation_pipeline() -> SpacetimeVideoPipeline:
         return SpacetimeVideoPipeline(
@@ -638,7 +627,9 @@ def main(args: argparse.Namespace) -> dict:
         loader.set_epoch(epoch)
         for batch in loader:
             skipped_files.update(batch["skipped"])
-            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            generator = checkpointing.step_generator(
+                args.seed, micro_step, accelerator.process_index, accelerator.device
+            )
             micro_step += 1
             with accelerator.accumulate(transformer):
                 with torch.no_grad():
