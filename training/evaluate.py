@@ -55,6 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip_vae", action="store_true", help="Skip the VAE reconstruction PSNR.")
     parser.add_argument("--skip_image_to_video", action="store_true", help="Skip image-to-video and continuation.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the prompt sampling.")
+    parser.add_argument(
+        "--new_color",
+        action="append",
+        default=[],
+        help="A color word added for a LoRA concept, as for make_shapes_dataset.py ('pink=240,100,170'); evaluate "
+        "it with --holdout color=pink --num_seen 0.",
+    )
+    parser.add_argument(
+        "--lora_weights", default=None, help="LoRA adapter folder (train_lora.py's output_dir/lora) to load first."
+    )
     args = parser.parse_args(argv)
     for name in ("num_seen", "num_held_out", "seeds", "steps"):
         if getattr(args, name) < (0 if name.startswith("num_") else 1):
@@ -100,8 +110,9 @@ def summarize_by_split(results: list[dict]) -> dict:
     return {name: evaluation.summarize(rows) for name, rows in groups.items() if rows}
 
 
-def generate_and_score(pipe, combinations, args, height, width, num_frames, samples_dir: Path | None) -> list[dict]:
-    results = []
+def generate_and_score(pipe, combinations, args, height, width, num_frames, keep: set[int] = frozenset()):
+    """Scores one video per (prompt, seed); returns the scores and the seed-0 videos of the prompts in `keep`."""
+    results, kept = [], {}
     for index, attributes in enumerate(combinations):
         prompt = shapes.caption(attributes)
         for seed in range(args.seeds):
@@ -116,10 +127,41 @@ def generate_and_score(pipe, combinations, args, height, width, num_frames, samp
                 generator=generator,
             ).frames[0]  # (F, H, W, 3) in [0, 1]
             results.append({**score(frames, attributes), "prompt": prompt, "seed": seed})
-            if samples_dir is not None and seed == 0 and index < 4:
-                samples_dir.mkdir(parents=True, exist_ok=True)
-                np.save(samples_dir / f"{index:02d}.npy", (frames * 255).round().astype(np.uint8))
-    return results
+            if seed == 0 and index in keep:
+                kept[index] = (frames * 255).round().astype(np.uint8)
+    return results, kept
+
+
+def sample_indices(combinations: list[dict], count: int = 4) -> list[int]:
+    """The prompts to show: the first held-out one, the first behind the wall, then the first others."""
+    picks = []
+    for wanted in (lambda c: c["split"] == "held_out", lambda c: c["occluder"] != "none"):
+        picks += [i for i, c in enumerate(combinations) if wanted(c) and i not in picks][:1]
+    picks += [i for i in range(len(combinations)) if i not in picks]
+    return sorted(picks[:count])
+
+
+def write_samples(samples_dir: Path, combinations: list[dict], rows: dict[str, dict[int, np.ndarray]]) -> list[dict]:
+    """Per sample prompt, the rows' videos (ground truth, spacetime, per-frame: uint8 (F, H, W, 3)) side by side as a
+    GIF (2x nearest upscale, one panel per row) and stacked as a PNG strip of every other frame."""
+    from PIL import Image
+
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in next(iter(rows.values())):
+        videos = [rows[name][index] for name in rows]
+        num_frames = min(len(video) for video in videos)
+        gap = np.full((num_frames, videos[0].shape[1], 2, 3), 255, np.uint8)  # white 2 px column between panels
+        side = np.concatenate([part for video in videos for part in (video[:num_frames], gap)][:-1], axis=2)
+        side = side.repeat(2, axis=1).repeat(2, axis=2)  # (F, 2H, 2W', 3)
+        gif = [Image.fromarray(frame) for frame in side]
+        gif[0].save(samples_dir / f"{index:02d}.gif", save_all=True, append_images=gif[1:], duration=125, loop=0)
+        strip = np.concatenate([np.concatenate(list(video[:num_frames:2]), axis=1) for video in videos], axis=0)
+        Image.fromarray(strip).save(samples_dir / f"{index:02d}.png", optimize=True)
+        written.append({"index": index, "prompt": shapes.caption(combinations[index]), "rows": list(rows),
+                        "split": combinations[index]["split"]})  # fmt: skip
+    (samples_dir / "samples.json").write_text(json.dumps(written, indent=2) + "\n")
+    return written
 
 
 # 3. The VAE's reconstruction
@@ -232,9 +274,13 @@ def markdown_table(summaries: dict[str, dict]) -> str:
 def main(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for spec in args.new_color:
+        shapes.add_color(*shapes.parse_new_color(spec))
     holdouts = shapes.parse_holdouts(args.holdout or ["red,circle,left_to_right", "blue,triangle,top_to_bottom"])
     pipe = SpacetimeVideoPipeline.from_pretrained(args.model, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
+    if args.lora_weights:
+        pipe.load_lora_weights(args.lora_weights)
     config = pipe.config
     height, width, num_frames = config.default_height, config.default_width, config.default_num_frames
     combinations = evaluation_combinations(holdouts, args.num_seen, args.num_held_out, args.seed)
@@ -251,11 +297,12 @@ def main(args: argparse.Namespace) -> dict:
                 f"--baseline_transformer must have attention_span='frame', got {baseline.config.attention_span!r}"
             )
         models["per-frame"] = SpacetimeVideoPipeline.from_pipe(pipe, transformer=baseline)
+    keep = set(sample_indices(combinations))
+    shown = {"ground truth": {i: reference_clip(c, i, height, width, num_frames) for i, c in enumerate(combinations)
+                              if i in keep}}  # fmt: skip
     for name, model in models.items():
         start = time.perf_counter()
-        results[name] = generate_and_score(
-            model, combinations, args, height, width, num_frames, output_dir / "samples" / name
-        )
+        results[name], shown[name] = generate_and_score(model, combinations, args, height, width, num_frames, keep)
         timings[name] = (time.perf_counter() - start) / max(len(results[name]), 1)
         summaries[name] = summarize_by_split(results[name])
 
@@ -268,6 +315,8 @@ def main(args: argparse.Namespace) -> dict:
     if not args.skip_image_to_video:
         report["image_to_video"] = image_to_video_metrics(pipe, combinations[:8], args, height, width, num_frames)
 
+    if keep:
+        report["samples"] = write_samples(output_dir / "samples", combinations, shown)
     table = markdown_table(summaries)
     lines = [table, ""]
     if "vae_psnr" in report:

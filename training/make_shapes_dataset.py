@@ -102,6 +102,9 @@ BACKGROUND_CHECKER_RGB = ((206, 206, 206), (242, 242, 242))  # the cell at the t
 CHECKER_CELL_FRACTION = 0.125  # cell side as a fraction of min(height, width), rounded to pixels: 8 px at 64
 BACKGROUND_PHRASES = {"plain": "", "checkered": "on a checkered background"}
 
+MIN_COLOR_SATURATION = 100  # a color added with add_color: max(RGB) - min(RGB), so the detector sees it as object
+MIN_COLOR_DISTANCE = 80  # and its RGB distance to every palette color, so nearest-color naming stays unambiguous
+
 SUPERSAMPLING = 4  # each pixel averages 4 x 4 samples: anti-aliased edges and sub-pixel motion
 
 # Attribute name -> its values, in caption order. Every value is unique across attributes, so a hold-out can name
@@ -117,6 +120,41 @@ ATTRIBUTES = {
 }
 VALUE_TO_ATTRIBUTE = {value: name for name, values in ATTRIBUTES.items() for value in values}
 assert len(VALUE_TO_ATTRIBUTE) == sum(len(values) for values in ATTRIBUTES.values()), "attribute values must be unique"
+
+
+def add_color(name: str, rgb: Sequence[int]) -> None:
+    """Adds a color to the palette for this process: a concept the shipped model never saw (its LoRA fine-tune).
+
+    The detector separates the object from the neutral scene by saturation and names it by the nearest palette color,
+    so a new color must be saturated and far from every existing one.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z]+", name):
+        raise ValueError(f"new color name must be one lowercase word, got {name!r}")
+    if name in VALUE_TO_ATTRIBUTE:
+        raise ValueError(f"new color name {name!r} is already a {VALUE_TO_ATTRIBUTE[name]} value")
+    rgb = tuple(int(value) for value in rgb)
+    if len(rgb) != 3 or not all(0 <= value <= 255 for value in rgb):
+        raise ValueError(f"new color {name!r} must be three integers in 0..255, got {rgb}")
+    if max(rgb) - min(rgb) < MIN_COLOR_SATURATION:
+        raise ValueError(f"new color {name!r} {rgb} must have max - min >= {MIN_COLOR_SATURATION} (saturated)")
+    nearest = min(PALETTE, key=lambda other: np.linalg.norm(np.subtract(PALETTE[other], rgb)))
+    if np.linalg.norm(np.subtract(PALETTE[nearest], rgb)) < MIN_COLOR_DISTANCE:
+        raise ValueError(f"new color {name!r} {rgb} is within {MIN_COLOR_DISTANCE} (RGB L2) of {nearest!r}")
+    PALETTE[name] = rgb
+    ATTRIBUTES["color"] = tuple(PALETTE)
+    VALUE_TO_ATTRIBUTE[name] = "color"
+
+
+def parse_new_color(spec: str) -> tuple[str, tuple[int, ...]]:
+    """'pink=240,100,170' -> ('pink', (240, 100, 170))."""
+    name, _, values = spec.partition("=")
+    try:
+        rgb = tuple(int(value) for value in values.split(","))
+    except ValueError:
+        rgb = ()
+    if not name or len(rgb) != 3:
+        raise ValueError(f"--new_color must look like 'pink=240,100,170', got {spec!r}")
+    return name.strip(), rgb
 
 
 # 2. Combinations, captions and hold-outs
@@ -606,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Write only the held-out combinations (an evaluation set); use another --seed than the training set.",
     )
     parser.add_argument(
+        "--new_color",
+        action="append",
+        default=[],
+        help="Add a color word the shipped model never saw, e.g. 'pink=240,100,170' (a LoRA concept); combine with "
+        "--holdout color=pink --only_holdout to write clips of that color only.",
+    )
+    parser.add_argument(
         "--crf", type=int, default=10, help="x264 constant rate factor: 0 is lossless, 10 visually lossless."
     )
     parser.add_argument(
@@ -622,6 +667,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
+    for spec in args.new_color:
+        add_color(*parse_new_color(spec))
     holdouts = parse_holdouts(args.holdout)
     records = generate_dataset(
         args.output_dir,

@@ -34,6 +34,15 @@ def test_evaluate_writes_table_and_scores_ground_truth(tiny_checkpoint, tmp_path
     table = (tmp_path / "results.md").read_text()
     assert "| Adherence, held-out (%) | 100 |" in table and "reproduce:" in table
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 2
+    # Samples: ground truth, spacetime and per-frame side by side, as a GIF and a PNG strip per shown prompt
+    from PIL import Image
+
+    shown = report["samples"]
+    assert len(shown) == 3 and shown[0]["rows"] == ["ground truth", "spacetime", "per-frame"]
+    gif = Image.open(tmp_path / "samples" / f"{shown[0]['index']:02d}.gif")
+    assert gif.n_frames == report["size"][0] and gif.size == (2 * (3 * 64 + 2 * 2), 2 * 64)
+    strip = Image.open(tmp_path / "samples" / f"{shown[0]['index']:02d}.png")
+    assert strip.size == (64 * ((report["size"][0] + 1) // 2), 3 * 64)
 
 
 def test_baseline_must_be_per_frame(tiny_checkpoint, tmp_path):
@@ -48,3 +57,35 @@ def test_baseline_must_be_per_frame(tiny_checkpoint, tmp_path):
 def test_bad_counts_are_rejected():
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model", "m", "--output_dir", "o", "--steps", "0"])
+
+
+def test_new_color_concept_with_lora(tiny_checkpoint, tmp_path):
+    """The LoRA concept evaluation: a color added at run time, only its combinations, an adapter loaded first."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from diffusers_spacetime import SpacetimeVideoPipeline
+    from training import make_shapes_dataset as shapes
+
+    pipe = SpacetimeVideoPipeline.from_pretrained(tiny_checkpoint / "pipe")
+    pipe.transformer.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]))
+    pipe.save_lora_weights(tmp_path / "lora", transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    saved = dict(shapes.PALETTE), shapes.ATTRIBUTES["color"], dict(shapes.VALUE_TO_ATTRIBUTE)
+    try:
+        report = evaluate.main(evaluate.parse_args(
+            ["--model", str(tiny_checkpoint / "pipe"), "--output_dir", str(tmp_path / "eval"), "--steps", "1",
+             "--new_color", "pink=240,100,170", "--holdout", "color=pink", "--num_seen", "0", "--num_held_out", "2",
+             "--lora_weights", str(tmp_path / "lora"), "--skip_vae", "--skip_image_to_video"]
+        ))  # fmt: skip
+    finally:
+        shapes.PALETTE.clear(), shapes.PALETTE.update(saved[0])
+        shapes.ATTRIBUTES["color"] = saved[1]
+        shapes.VALUE_TO_ATTRIBUTE.clear(), shapes.VALUE_TO_ATTRIBUTE.update(saved[2])
+    assert [video["prompt"].split()[1] for video in report["videos"]["spacetime"]] == ["pink", "pink"]
+    assert report["summaries"]["ground truth (data)"]["held_out"]["adherent_pct"] == 100
+
+
+def test_sample_indices_show_held_out_and_occluded():
+    combos = [{"split": "seen", "occluder": "none"}] * 3 + [{"split": "seen", "occluder": "wall"}]
+    combos += [{"split": "held_out", "occluder": "none"}] * 2
+    assert evaluate.sample_indices(combos, 4) == [0, 1, 3, 4]
+    assert evaluate.sample_indices(combos[:1], 4) == [0]

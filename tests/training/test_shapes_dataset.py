@@ -185,3 +185,50 @@ class TestPixelsMatchGroundTruth:
 
 def _area_ratio(shape):
     return {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[shape]
+
+
+@pytest.fixture
+def restore_palette():
+    palette, colors, lookup = dict(shapes.PALETTE), shapes.ATTRIBUTES["color"], dict(shapes.VALUE_TO_ATTRIBUTE)
+    yield
+    shapes.PALETTE.clear()
+    shapes.PALETTE.update(palette)
+    shapes.ATTRIBUTES["color"] = colors
+    shapes.VALUE_TO_ATTRIBUTE.clear()
+    shapes.VALUE_TO_ATTRIBUTE.update(lookup)
+
+
+def test_new_color_writes_only_that_concept(restore_palette, tmp_path):
+    from diffusers_spacetime import evaluation
+
+    shapes.main(shapes.parse_args(
+        ["--output_dir", str(tmp_path), "--num_clips", "3", "--new_color", "pink=240,100,170",
+         "--holdout", "color=pink", "--only_holdout", "--num_frames", "5"]
+    ))  # fmt: skip
+    records = shapes.read_ground_truth(tmp_path)
+    assert [record["color"] for record in records] == ["pink"] * 3
+    assert all(record["text"].startswith("a pink ") for record in records)
+    frames = read_video_frames(tmp_path / records[0]["file_name"], list(range(5)))
+    attributes = {key: records[0][key] for key in ("color", "shape", "direction", "occluder")}
+    assert evaluation.evaluate_video(frames, attributes, shapes.PALETTE)["color_correct"]
+
+
+@pytest.mark.parametrize(
+    "name, rgb, rule",
+    [
+        ("ash", (120, 120, 120), "saturated"),
+        ("crimson", (215, 35, 45), "within"),
+        ("red", (240, 100, 170), "already a color"),
+        ("Pink", (240, 100, 170), "lowercase"),
+        ("pink", (240, 100, 300), "0..255"),
+    ],
+)
+def test_bad_new_colors_are_rejected(restore_palette, name, rgb, rule):
+    with pytest.raises(ValueError, match=rule):
+        shapes.add_color(name, rgb)
+    assert name not in shapes.PALETTE or name == "red"
+
+
+def test_bad_new_color_spec():
+    with pytest.raises(ValueError, match="--new_color must look like"):
+        shapes.parse_new_color("pink=240,100")

@@ -72,3 +72,20 @@ def test_nan_loss_stops_naming_the_step(shapes_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(AutoencoderKLSpacetime, "decode", nan_decode)
     with pytest.raises(FloatingPointError, match="at step 1 "):
         train_autoencoder.main(_args(shapes_dir, tmp_path, "--max_train_steps", "2"))
+
+
+def test_saturation_weights_favour_the_colored_object():
+    video = torch.full((2, 3, 1, 4, 4), 0.8)  # neutral gray scene in [-1, 1]
+    video[0, :, 0, 1, 1] = torch.tensor([0.7, -0.7, -0.7])  # one saturated (red) pixel
+    weights = train_autoencoder.saturation_weights(video, 10.0)
+    assert weights.shape == (2, 1, 1, 4, 4) and weights.mean().item() == pytest.approx(1.0)
+    assert weights[0, 0, 0, 1, 1] / weights[0, 0, 0, 0, 0] == pytest.approx(1 + 10 * 0.7)
+    with pytest.raises(ValueError, match="3 channels"):
+        train_autoencoder.saturation_weights(torch.zeros(1, 1, 1, 4, 4), 10.0)
+
+
+def test_saturation_weight_trains_and_rejects_negatives(shapes_dir, tmp_path):
+    result = train_autoencoder.main(_args(shapes_dir, tmp_path, "--max_train_steps", "1", "--saturation_weight", "10"))
+    assert result["global_step"] == 1 and all(torch.isfinite(torch.tensor(result["losses"])))
+    with pytest.raises(ValueError, match="--saturation_weight must be 0 or more"):
+        _args(shapes_dir, tmp_path, "--saturation_weight", "-1")
