@@ -86,7 +86,7 @@ train_dit() {  # $1: attention span, $2: steps, then extra flags
     --use_ema --ema_decay "$EMA_DECAY" "${@:3}" "${validation[@]}" \
     --caption_dropout 0.1 --condition_frames_prob 0.25 --max_condition_frames 2 \
     --dataloader_num_workers "$WORKERS" --checkpointing_steps "$DIT_CKPT_STEPS" --checkpoints_total_limit 1 \
-    --validation_steps 1000000 --validation_inference_steps 20 --seed 0
+    --validation_steps 1000000 --validation_inference_steps 20 --seed 0 --resume_from_checkpoint latest
 }
 
 stage_dit() {
@@ -132,9 +132,14 @@ print("assembled checkpoints/spacetime-shapes and checkpoints/spacetime-shapes-p
 EOF
 }
 
-stage_evaluate() {
+stage_evaluate() {  # the coherence table, and its sample GIFs/strips copied beside the weights for the READMEs
   "$PYTHON" training/evaluate.py --model checkpoints/spacetime-shapes \
-    --baseline_transformer checkpoints/spacetime-shapes-perframe-transformer --output_dir "$WORK/eval"
+    --baseline_transformer checkpoints/spacetime-shapes-perframe-transformer --output_dir "$WORK/eval" \
+    --num_seen 48 --num_held_out 16
+  rm -rf checkpoints/spacetime-shapes/samples
+  mkdir -p checkpoints/spacetime-shapes/samples
+  cp "$WORK"/eval/samples/*.gif "$WORK"/eval/samples/*.png "$WORK"/eval/samples/samples.json \
+    checkpoints/spacetime-shapes/samples/
 }
 
 stage_card() {  # the model card: checkpoints/spacetime-shapes/README.md and its copy model_cards/spacetime-shapes.md
@@ -196,6 +201,11 @@ description = (
     "the seed lesson's question, does attention across space and time beat per-frame generation, against the same "
     "transformer trained with `attention_span=\"frame\"` on the same data for the same steps:\n\n" + table
 )
+samples_file = folder / "samples" / "samples.json"
+if samples_file.exists():
+    description += "\n\nSamples (ground truth | spacetime | per-frame, seed 0):\n\n" + "\n".join(
+        f"- {sample['prompt']}: ![](samples/{sample['index']:02d}.gif)" for sample in json.loads(samples_file.read_text())
+    )
 card = pipeline_card(
     pipe,
     "diffusers-spacetime/spacetime-shapes",
@@ -207,12 +217,14 @@ card = pipeline_card(
     limitations=[
         "It knows one world: one shape (circle, square, triangle) in one of six colors moving along one axis on a "
         "gray or checkered background, optionally behind a gray wall. Other prompts give such a scene anyway.",
-        "Trained for minutes on a 2-core CPU: expect soft edges and failures that the evaluation table counts.",
+        "Trained for about two hours on a 2-core CPU: motion is coherent, but prompt adherence is poor (the table's "
+        "adherence rows; 90% seen / 75% held-out were the targets) and shapes come out rounded.",
     ],
     usage={"prompt": "a red circle moves from left to right", "num_inference_steps": 25, "guidance_scale": 5.0},
 )
 card.save(folder / "README.md")
-card.save("model_cards/spacetime-shapes.md")
+# the copy in model_cards/ points at the samples beside the weights
+Path("model_cards/spacetime-shapes.md").write_text(str(card).replace("](samples/", "](../checkpoints/spacetime-shapes/samples/"))
 print(f"wrote {folder / 'README.md'} and model_cards/spacetime-shapes.md")
 EOF
 }
