@@ -286,8 +286,8 @@ def main(args: argparse.Namespace) -> dict:
     combinations = evaluation_combinations(holdouts, args.num_seen, args.num_held_out, args.seed)
     results, summaries, timings = {}, {}, {}
 
-    reference = [score(reference_clip(c, i, height, width, num_frames), c) for i, c in enumerate(combinations)]
-    summaries["ground truth (data)"] = summarize_by_split(reference)
+    truth = [reference_clip(c, i, height, width, num_frames) for i, c in enumerate(combinations)]
+    summaries["ground truth (data)"] = summarize_by_split([score(clip, c) for clip, c in zip(truth, combinations)])
 
     models = {"spacetime": pipe}
     if args.baseline_transformer:
@@ -298,8 +298,7 @@ def main(args: argparse.Namespace) -> dict:
             )
         models["per-frame"] = SpacetimeVideoPipeline.from_pipe(pipe, transformer=baseline)
     keep = set(sample_indices(combinations))
-    shown = {"ground truth": {i: reference_clip(c, i, height, width, num_frames) for i, c in enumerate(combinations)
-                              if i in keep}}  # fmt: skip
+    shown = {"ground truth": {i: truth[i] for i in keep}}
     for name, model in models.items():
         start = time.perf_counter()
         results[name], shown[name] = generate_and_score(model, combinations, args, height, width, num_frames, keep)
