@@ -24,3 +24,17 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def restore_palette():
+    """Undoes `make_shapes_dataset.add_color` (it extends module-level tables for the process)."""
+    from training import make_shapes_dataset as shapes
+
+    palette, colors, lookup = dict(shapes.PALETTE), shapes.ATTRIBUTES["color"], dict(shapes.VALUE_TO_ATTRIBUTE)
+    yield
+    shapes.PALETTE.clear()
+    shapes.PALETTE.update(palette)
+    shapes.ATTRIBUTES["color"] = colors
+    shapes.VALUE_TO_ATTRIBUTE.clear()
+    shapes.VALUE_TO_ATTRIBUTE.update(lookup)

@@ -59,27 +59,20 @@ def test_bad_counts_are_rejected():
         evaluate.parse_args(["--model", "m", "--output_dir", "o", "--steps", "0"])
 
 
-def test_new_color_concept_with_lora(tiny_checkpoint, tmp_path):
+def test_new_color_concept_with_lora(tiny_checkpoint, tmp_path, restore_palette):
     """The LoRA concept evaluation: a color added at run time, only its combinations, an adapter loaded first."""
     from peft import LoraConfig, get_peft_model_state_dict
 
     from diffusers_spacetime import SpacetimeVideoPipeline
-    from training import make_shapes_dataset as shapes
 
     pipe = SpacetimeVideoPipeline.from_pretrained(tiny_checkpoint / "pipe")
     pipe.transformer.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]))
     pipe.save_lora_weights(tmp_path / "lora", transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
-    saved = dict(shapes.PALETTE), shapes.ATTRIBUTES["color"], dict(shapes.VALUE_TO_ATTRIBUTE)
-    try:
-        report = evaluate.main(evaluate.parse_args(
-            ["--model", str(tiny_checkpoint / "pipe"), "--output_dir", str(tmp_path / "eval"), "--steps", "1",
-             "--new_color", "pink=240,100,170", "--holdout", "color=pink", "--num_seen", "0", "--num_held_out", "2",
-             "--lora_weights", str(tmp_path / "lora"), "--skip_vae", "--skip_image_to_video"]
-        ))  # fmt: skip
-    finally:
-        shapes.PALETTE.clear(), shapes.PALETTE.update(saved[0])
-        shapes.ATTRIBUTES["color"] = saved[1]
-        shapes.VALUE_TO_ATTRIBUTE.clear(), shapes.VALUE_TO_ATTRIBUTE.update(saved[2])
+    report = evaluate.main(evaluate.parse_args(
+        ["--model", str(tiny_checkpoint / "pipe"), "--output_dir", str(tmp_path / "eval"), "--steps", "1",
+         "--new_color", "pink=240,100,170", "--holdout", "color=pink", "--num_seen", "0", "--num_held_out", "2",
+         "--lora_weights", str(tmp_path / "lora"), "--skip_vae", "--skip_image_to_video"]
+    ))  # fmt: skip
     assert [video["prompt"].split()[1] for video in report["videos"]["spacetime"]] == ["pink", "pink"]
     assert report["summaries"]["ground truth (data)"]["held_out"]["adherent_pct"] == 100
 

@@ -187,17 +187,6 @@ def _area_ratio(shape):
     return {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[shape]
 
 
-@pytest.fixture
-def restore_palette():
-    palette, colors, lookup = dict(shapes.PALETTE), shapes.ATTRIBUTES["color"], dict(shapes.VALUE_TO_ATTRIBUTE)
-    yield
-    shapes.PALETTE.clear()
-    shapes.PALETTE.update(palette)
-    shapes.ATTRIBUTES["color"] = colors
-    shapes.VALUE_TO_ATTRIBUTE.clear()
-    shapes.VALUE_TO_ATTRIBUTE.update(lookup)
-
-
 def test_new_color_writes_only_that_concept(restore_palette, tmp_path):
     from diffusers_spacetime import evaluation
 
