@@ -202,6 +202,15 @@ def vae_psnr(vae, combinations, height, width, num_frames) -> dict:
     return result
 
 
+def vae_detection(vae, combinations, height, width, num_frames) -> dict:
+    """What the detector reads from the VAE's reconstructions of the prompts' ground-truth clips: an upper bound on
+    what any transformer over these latents can score (a color the decoder cannot draw is never right)."""
+    scores = [score(reconstruct(vae, reference_clip(c, 200 + i, height, width, num_frames)), c)
+              for i, c in enumerate(combinations)]  # fmt: skip
+    return {f"{key}_correct_pct": 100.0 * float(np.mean([row[f"{key}_correct"] for row in scores]))
+            for key in ("color", "shape", "direction")}  # fmt: skip
+
+
 # 4. Image-to-video and continuation
 def image_to_video_metrics(pipe, combinations, args, height, width, num_frames) -> dict:
     """First-frame PSNR against the image, the start-position error, direction adherence; the seam of continuations."""
@@ -311,6 +320,7 @@ def main(args: argparse.Namespace) -> dict:
     if not args.skip_vae:
         held_out = [c for c in combinations if c["split"] == "held_out"] or combinations
         report["vae_psnr"] = vae_psnr(pipe.vae, held_out, height, width, num_frames)
+        report["vae_detection"] = vae_detection(pipe.vae, combinations, height, width, num_frames)
     if not args.skip_image_to_video:
         report["image_to_video"] = image_to_video_metrics(pipe, combinations[:8], args, height, width, num_frames)
 
@@ -321,6 +331,10 @@ def main(args: argparse.Namespace) -> dict:
     if "vae_psnr" in report:
         lines.append(
             "VAE reconstruction PSNR (dB): " + ", ".join(f"{k} {v:.1f}" for k, v in report["vae_psnr"].items())
+        )
+        lines.append(
+            "Detector on the VAE's reconstructions of the ground truth (%): "
+            + ", ".join(f"{k.split('_')[0]} {v:.0f}" for k, v in report["vae_detection"].items())
         )
     if "image_to_video" in report:
         lines.append(

@@ -25,7 +25,7 @@ from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel
 
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 shutil.rmtree(out, ignore_errors=True)
-vae_run = work / "vae_ft" if (work / "vae_ft" / "vae").is_dir() else work / "vae"  # the last VAE phase
+vae_run = next((work / name for name in ("vae_color", "vae_ft") if (work / name / "vae").is_dir()), work / "vae")  # last phase
 if (vae_run / "vae").is_dir():
     AutoencoderKLSpacetime.from_pretrained(vae_run / "vae", torch_dtype=torch.float16).save_pretrained(out / "vae")
 for span in ("spacetime", "frame"):
@@ -35,7 +35,7 @@ for span in ("spacetime", "frame"):
         model.save_pretrained(out / f"transformer_{span}")
         shutil.copytree(run / "pipeline" / "scheduler", out / "scheduler", dirs_exist_ok=True)
         shutil.copy(run / "pipeline" / "model_index.json", out / "model_index.json")
-for log in ["vae", "vae_ft"] + [f"dit_{span}" for span in ("spacetime", "frame")]:
+for log in ["vae", "vae_ft", "vae_color"] + [f"dit_{span}" for span in ("spacetime", "frame")]:
     for name in ("results.json", "train_log.jsonl"):
         if (work / log / name).is_file():
             (out / "logs" / log).mkdir(parents=True, exist_ok=True)

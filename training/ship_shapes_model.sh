@@ -11,7 +11,8 @@
 #
 # `vae` and `dit` need no text encoder (captions come from the embeddings file), so they run on a GPU machine that
 # lacks it. Knobs (environment): WORK (run folder), DATA, NUM_CLIPS, VAE_STEPS, VAE_FRAMES,
-# VAE_FT_STEPS/VAE_FT_BATCH/VAE_FT_TIME (the VAE's second phase; 0 steps: none), DIT_STEPS, VAE_BATCH, DIT_BATCH,
+# VAE_FT_STEPS/VAE_FT_BATCH/VAE_FT_TIME (the VAE's second phase; 0 steps: none), VAE_COLOR_STEPS (the third:
+# recolored clips; 0: none), DIT_STEPS, VAE_BATCH, DIT_BATCH,
 # MIXED_PRECISION, WORKERS, PYTHON, DIT_LR, EMA_DECAY; VAE_TIME/DIT_TIME cap a stage's training seconds (the
 # per-frame baseline then trains exactly as many steps as the spacetime model reached, at the same constant learning
 # rate); DIT_PARALLEL=1 trains the two DiTs at once, one CPU thread each, DIT_STEPS each (2-core CPU machines);
@@ -32,6 +33,7 @@ VAE_FRAMES=${VAE_FRAMES:-17}
 VAE_FT_STEPS=${VAE_FT_STEPS:-1000}
 VAE_FT_BATCH=${VAE_FT_BATCH:-2}
 VAE_FT_TIME=${VAE_FT_TIME:-}
+VAE_COLOR_STEPS=${VAE_COLOR_STEPS:-1000}
 DIT_BATCH=${DIT_BATCH:-64}
 MIXED_PRECISION=${MIXED_PRECISION:-no}
 WORKERS=${WORKERS:-0}
@@ -46,6 +48,8 @@ CONCEPT_DATA=${CONCEPT_DATA:-data/concept_pink}
 LORA_STEPS=${LORA_STEPS:-400}
 LORA_RANK=${LORA_RANK:-16}
 if [ "$VAE_FT_STEPS" -gt 0 ]; then VAE_PATH=$WORK/vae_ft/vae; else VAE_PATH=$WORK/vae/vae; fi
+PHASE_2_VAE_PATH=$VAE_PATH
+if [ "$VAE_COLOR_STEPS" -gt 0 ]; then VAE_PATH=$WORK/vae_color/vae; fi  # the DiT trains on the last phase's latents
 CLIP=(--num_frames 17 --height 64 --width 64)
 
 stage_data() {
@@ -73,6 +77,17 @@ stage_vae() {
     --learning_rate 3e-4 --lr_scheduler cosine --lr_warmup_steps 50 --mixed_precision "$MIXED_PRECISION" \
     --dataloader_num_workers "$WORKERS" --checkpointing_steps 200 --checkpoints_total_limit 1 \
     --validation_steps 1000000 --num_validation_clips 32 --stats_num_samples 256 --seed 1
+  [ "$VAE_COLOR_STEPS" -gt 0 ] || return 0
+  # Phase 3, three clips in four recolored (hue, chroma, lightness; grays kept): phase 2 drew only red, yellow and
+  # cyan (green and blue came out cyan, purple blue), and no color outside the palette, so no LoRA could teach one.
+  # Its encoder had put green, blue and cyan 5x closer together than red and cyan; a decoder-only fine-tune
+  # (--train_decoder_only, 2,000 steps) fixed purple but not those, so the encoder trains too.
+  "$PYTHON" training/train_autoencoder.py --data_dir "$DATA" "${CLIP[@]}" --random_start \
+    --pretrained_vae_path "$PHASE_2_VAE_PATH" --color_augmentation 0.75 --saturation_weight 10 \
+    --output_dir "$WORK/vae_color" --train_batch_size "$VAE_FT_BATCH" --max_train_steps "$VAE_COLOR_STEPS" \
+    --learning_rate 3e-4 --lr_scheduler cosine --lr_warmup_steps 50 --mixed_precision "$MIXED_PRECISION" \
+    --dataloader_num_workers "$WORKERS" --checkpointing_steps 250 --checkpoints_total_limit 1 \
+    --validation_steps 1000000 --num_validation_clips 32 --stats_num_samples 256 --seed 2
 }
 
 train_dit() {  # $1: attention span, $2: steps, then extra flags
@@ -165,6 +180,7 @@ def run_facts(name: str) -> dict:
 info = json.loads((data / "dataset_info.json").read_text())
 vae, spacetime, frame = run_facts("vae"), run_facts("dit_spacetime"), run_facts("dit_frame")
 vae_ft = run_facts("vae_ft") if (work / "vae_ft").exists() else None
+vae_color = run_facts("vae_color") if (work / "vae_color").exists() else None
 facts = json.loads((work / "facts.json").read_text()) if (work / "facts.json").exists() else {}
 report = json.loads((work / "eval" / "results.json").read_text())
 table = (work / "eval" / "results.md").read_text().strip()
@@ -177,6 +193,8 @@ training = {
     "vae_steps": vae["steps"],
     "vae_train_time_s": vae["train_time_s"],
     **({"vae_phase_2_steps": vae_ft["steps"], "vae_phase_2_train_time_s": vae_ft["train_time_s"]} if vae_ft else {}),
+    **({"vae_phase_3_steps": vae_color["steps"], "vae_phase_3_train_time_s": vae_color["train_time_s"]}
+       if vae_color else {}),
     "transformer_steps": spacetime["steps"],
     "transformer_train_time_s": spacetime["train_time_s"],
     "per_frame_baseline_steps": frame["steps"],
@@ -240,9 +258,10 @@ stage_concept() {  # #6's LoRA concept: teach the shipped model a color word its
     --lr_warmup_steps 20 --checkpointing_steps 100 --checkpoints_total_limit 1 --num_eval_clips 8 \
     --validation_prompt --seed 0
   local concept=(--model checkpoints/spacetime-shapes "${color[@]}" --holdout color=pink --num_seen 0 \
-    --num_held_out 24 --skip_vae --skip_image_to_video)
+    --num_held_out 24 --skip_image_to_video)
+  # `before` also scores the VAE's reconstructions of real pink clips: can the decoder draw the color at all?
   "$PYTHON" training/evaluate.py "${concept[@]}" --output_dir "$WORK/concept_eval/before"
-  "$PYTHON" training/evaluate.py "${concept[@]}" --lora_weights "$WORK/concept_lora/lora" \
+  "$PYTHON" training/evaluate.py "${concept[@]}" --skip_vae --lora_weights "$WORK/concept_lora/lora" \
     --output_dir "$WORK/concept_eval/after"
   # and what the adapter costs the seen colors
   "$PYTHON" training/evaluate.py --model checkpoints/spacetime-shapes --lora_weights "$WORK/concept_lora/lora" \

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--gradient_checkpointing", action="store_true", help="Recompute activations in backward to save memory."
     )
+    group.add_argument(
+        "--train_decoder_only",
+        action="store_true",
+        help="Freeze the encoder of --pretrained_vae_path and train the decoder only (like sd-vae-ft-mse): the "
+        "latents, their latents_mean/latents_std and every transformer trained on them stay valid.",
+    )
     group = parser.add_argument_group("loss")
     group.add_argument(
         "--reconstruction_loss", choices=("l1", "mse"), default="l1", help="Per-pixel reconstruction loss."
@@ -81,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Extra per-pixel loss weight 1 + w x saturation (max - min of the target's RGB in [0, 1]), normalised "
         "to mean 1 per batch. A plain loss learns a neutral background first and a small colored object last (the "
         "shapes data: ~4%% of the pixels); w = 10 makes the object count. 0: off.",
+    )
+    group.add_argument(
+        "--color_augmentation",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="Probability that a clip's colors get a random hue rotation about the gray axis, chroma scale and "
+        "lightness shift (grays stay put): the VAE learns every hue, not only the few its data has (a new color "
+        "concept needs it). 0: off.",
     )
     add_optimization_arguments(
         parser,
@@ -123,6 +138,42 @@ def saturation_weights(pixel_values: torch.Tensor, weight: float) -> torch.Tenso
     return weights / weights.mean()
 
 
+def color_augmentation(
+    pixel_values: torch.Tensor, generator: torch.Generator | None = None, probability: float = 1.0
+) -> torch.Tensor:
+    """Random per-clip recoloring of (B, 3, F, H, W) clips in [-1, 1] that leaves gray pixels (R = G = B) unchanged.
+
+    Each pixel splits into its gray level (mean of RGB) and its chroma (the rest, orthogonal to the gray axis). The
+    chroma is rotated about the gray axis by an angle in [0, 2 pi) and scaled by [0.6, 1.4]; the gray level moves by
+    [-0.4, 0.4] times the pixel's chroma relative to the clip's most colorful pixel, so colored pixels get lighter or
+    darker while the neutral scene keeps its values. Each clip is recolored with `probability`, else left as is.
+    """
+    if pixel_values.shape[1] != 3:
+        raise ValueError(f"--color_augmentation needs RGB clips (3 channels), got {pixel_values.shape[1]}")
+    batch = pixel_values.shape[0]
+    values = pixel_values.float()
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        draw = torch.rand(batch, generator=generator, device=generator.device if generator else None)
+        return (low + (high - low) * draw).to(values.device)
+
+    angle, scale, shift = uniform(0, 2 * math.pi), uniform(0.6, 1.4), uniform(-0.4, 0.4)
+    keep = uniform(0, 1) >= probability  # these clips keep their colors: identity parameters
+    angle, scale, shift = angle.masked_fill(keep, 0), scale.masked_fill(keep, 1), shift.masked_fill(keep, 0)
+    axis = torch.full((3,), 3**-0.5, device=values.device)
+    cross = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], dtype=values.dtype, device=values.device) * 3**-0.5
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    # Rodrigues: rotation by `angle` about the unit gray axis, (B, 3, 3)
+    rotation = cos * torch.eye(3, device=values.device) + sin * cross + (1 - cos) * torch.outer(axis, axis)
+    gray = values.mean(dim=1, keepdim=True)  # (B, 1, F, H, W)
+    chroma = values - gray  # (B, 3, F, H, W)
+    chroma = torch.einsum("bij,bjfhw->bifhw", rotation, chroma) * scale[:, None, None, None, None]
+    strength = chroma.norm(dim=1, keepdim=True)  # (B, 1, F, H, W)
+    strength = strength / strength.flatten(1).amax(1).clamp_min(1e-6)[:, None, None, None, None]
+    gray = gray + shift[:, None, None, None, None] * strength
+    return (gray + chroma).clamp(-1, 1).to(pixel_values.dtype)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses and checks the flags; a bad value raises a ValueError that names its flag."""
     args = build_parser().parse_args(argv)
@@ -132,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"--kl_weight must be 0 or more, got {args.kl_weight}")
     if not 0 <= args.saturation_weight < float("inf"):
         raise ValueError(f"--saturation_weight must be 0 or more, got {args.saturation_weight}")
+    if not 0 <= args.color_augmentation <= 1:
+        raise ValueError(f"--color_augmentation must be a probability in [0, 1], got {args.color_augmentation}")
+    if args.train_decoder_only and not args.pretrained_vae_path:
+        raise ValueError("--train_decoder_only needs --pretrained_vae_path (the frozen encoder comes from it)")
     if args.stats_num_samples < 1:
         raise ValueError(f"--stats_num_samples must be at least 1, got {args.stats_num_samples}")
     if args.validation_data_dir is None and args.num_validation_clips < 1:
@@ -144,12 +199,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class _AutoencoderWithPosterior(torch.nn.Module):
     """Encode -> sample -> decode in one forward, so DDP/FSDP see every parameter used through `forward`."""
 
-    def __init__(self, vae: AutoencoderKLSpacetime):
+    def __init__(self, vae: AutoencoderKLSpacetime, train_decoder_only: bool = False):
         super().__init__()
         self.vae = vae
+        self.train_decoder_only = train_decoder_only
 
     def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None):
-        posterior = self.vae.encode(pixel_values).latent_dist
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.train_decoder_only):
+            posterior = self.vae.encode(pixel_values).latent_dist
         reconstruction = self.vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, F, H, W)
         return reconstruction, posterior.mean, posterior.logvar
 
@@ -239,7 +296,11 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError(f"--height and --width must be multiples of {spatial}, got {args.height}x{args.width}")
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    model = _AutoencoderWithPosterior(vae)
+    if args.train_decoder_only:
+        vae.encoder.requires_grad_(False)
+        if vae.config.latents_mean is None:
+            raise ValueError("--train_decoder_only needs a VAE with latents_mean/latents_std in its config")
+    model = _AutoencoderWithPosterior(vae, args.train_decoder_only)
 
     # 2. Data: training clips and held-out clips for PSNR
     dataset = dataset_from_args(args)
@@ -256,7 +317,7 @@ def main(args: argparse.Namespace) -> dict:
     batch_sampler = train_dataloader.batch_sampler
 
     # 3. Optimizer and schedule (the prepared scheduler steps once per process per optimizer step)
-    optimizer = make_optimizer(model.parameters(), args)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     lr_scheduler, updates_per_epoch, max_train_steps, num_epochs = make_lr_scheduler(
         args, accelerator, optimizer, len(train_dataloader)
@@ -303,6 +364,8 @@ def main(args: argparse.Namespace) -> dict:
             micro_step += 1
             with accelerator.accumulate(model):
                 pixel_values = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]
+                if args.color_augmentation:
+                    pixel_values = color_augmentation(pixel_values, generator, args.color_augmentation)
                 reconstruction, mean, logvar = model(pixel_values, generator)
                 reconstruction = reconstruction.float()
                 error = reconstruction - pixel_values
@@ -370,9 +433,12 @@ def main(args: argparse.Namespace) -> dict:
 
     # 6. Latent statistics, final validation, save
     accelerator.wait_for_everyone()
-    latents_mean, latents_std = latent_statistics(
-        unwrapped_vae, train_dataset, accelerator, args.stats_num_samples, args.train_batch_size
-    )
+    if args.train_decoder_only:  # the frozen encoder's latents: keep the statistics its transformers were trained with
+        latents_mean, latents_std = list(unwrapped_vae.config.latents_mean), list(unwrapped_vae.config.latents_std)
+    else:
+        latents_mean, latents_std = latent_statistics(
+            unwrapped_vae, train_dataset, accelerator, args.stats_num_samples, args.train_batch_size
+        )
     result = {"losses": losses, "global_step": global_step, "latents_mean": latents_mean, "latents_std": latents_std}
     if accelerator.is_main_process:
         result["validation_psnr"] = validation_psnr(unwrapped_vae, validation_dataset, accelerator.device)

@@ -30,9 +30,12 @@ def test_evaluate_writes_table_and_scores_ground_truth(tiny_checkpoint, tmp_path
     assert set(report["summaries"]) == {"ground truth (data)", "spacetime", "per-frame"}
     assert report["num_videos"] == 3 and len(report["videos"]["per-frame"]) == 3
     assert {"synthetic_held_out", "mandelbrot", "life"} <= set(report["vae_psnr"])
+    assert set(report["vae_detection"]) == {"color_correct_pct", "shape_correct_pct", "direction_correct_pct"}
+    assert all(0 <= value <= 100 for value in report["vae_detection"].values())
     assert "first_frame_psnr" in report["image_to_video"]
     table = (tmp_path / "results.md").read_text()
     assert "| Adherence, held-out (%) | 100 |" in table and "reproduce:" in table
+    assert "Detector on the VAE's reconstructions" in table
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 2
     # Samples: ground truth, spacetime and per-frame side by side, as a GIF and a PNG strip per shown prompt
     from PIL import Image

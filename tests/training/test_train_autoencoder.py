@@ -89,3 +89,44 @@ def test_saturation_weight_trains_and_rejects_negatives(shapes_dir, tmp_path):
     assert result["global_step"] == 1 and all(torch.isfinite(torch.tensor(result["losses"])))
     with pytest.raises(ValueError, match="--saturation_weight must be 0 or more"):
         _args(shapes_dir, tmp_path, "--saturation_weight", "-1")
+
+
+def test_color_augmentation_recolors_objects_and_keeps_grays():
+    video = torch.full((8, 3, 2, 4, 4), 0.6)  # neutral gray scene in [-1, 1]
+    video[:, :, :, 1, 1] = torch.tensor([0.7, -0.7, -0.7])[:, None]  # one red pixel per frame
+    video[:, :, :, 2, 2] = torch.tensor([-0.2, -0.2, -0.2])[:, None]  # a darker gray one (the wall)
+    augmented = train_autoencoder.color_augmentation(video, torch.Generator().manual_seed(0))
+    assert augmented.shape == video.shape and augmented.abs().max() <= 1
+    gray = torch.ones(4, 4, dtype=torch.bool)
+    gray[1, 1] = False
+    assert torch.allclose(augmented[..., gray], video[..., gray], atol=1e-6)
+    colors = augmented[:, :, 0, 1, 1]  # (8, 3): eight different recolorings of the red pixel
+    assert torch.cdist(colors, colors).add(torch.eye(8)).min() > 1e-3
+    assert torch.equal(augmented[:, :, 0], augmented[:, :, 1])  # one recoloring per clip, the same in every frame
+    again = train_autoencoder.color_augmentation(video, torch.Generator().manual_seed(0))
+    assert torch.equal(augmented, again)
+    untouched = train_autoencoder.color_augmentation(video, torch.Generator().manual_seed(0), probability=0.0)
+    assert torch.allclose(untouched, video, atol=1e-6)
+    with pytest.raises(ValueError, match="3 channels"):
+        train_autoencoder.color_augmentation(torch.zeros(1, 1, 1, 4, 4))
+
+
+def test_decoder_only_keeps_the_encoder_and_its_latent_statistics(shapes_dir, tmp_path):
+    base = train_autoencoder.main(_args(shapes_dir, tmp_path / "base", "--max_train_steps", "1"))
+    result = train_autoencoder.main(
+        _args(shapes_dir, tmp_path / "dec", "--max_train_steps", "2", "--learning_rate", "1e-3",
+              "--pretrained_vae_path", base["vae_path"], "--train_decoder_only", "--color_augmentation", "0.5")
+    )  # fmt: skip
+    before = AutoencoderKLSpacetime.from_pretrained(base["vae_path"])
+    after = AutoencoderKLSpacetime.from_pretrained(result["vae_path"])
+    for (name, old), new in zip(before.state_dict().items(), after.state_dict().values()):
+        assert torch.equal(old, new) == (not name.startswith("decoder.")), name
+    assert list(after.config.latents_mean) == list(before.config.latents_mean)
+    assert list(after.config.latents_std) == list(before.config.latents_std)
+
+
+def test_decoder_only_and_color_augmentation_flags_are_checked(shapes_dir, tmp_path):
+    with pytest.raises(ValueError, match="--train_decoder_only needs --pretrained_vae_path"):
+        _args(shapes_dir, tmp_path, "--train_decoder_only")
+    with pytest.raises(ValueError, match="--color_augmentation must be a probability"):
+        _args(shapes_dir, tmp_path, "--color_augmentation", "1.5")
