@@ -283,7 +283,8 @@ def evaluate_video(frames, attributes: Mapping[str, str], palette: Mapping[str, 
     track = track_object(frames)
     occluded_prompt = attributes.get("occluder", "none") != "none"
     full = _full_view_frames(track)
-    color = classify_color(np.nanmedian(track.color[full], axis=0), palette) if len(full) else None
+    object_rgb = np.nanmedian(track.color[full], axis=0) if len(full) else None  # (3,) in [0, 1]
+    color = classify_color(object_rgb, palette) if len(full) else None
     shape = classify_shape(track)
     direction = classify_direction(track)
     metrics = {
@@ -293,6 +294,10 @@ def evaluate_video(frames, attributes: Mapping[str, str], palette: Mapping[str, 
         "detected_color": color,
         "detected_shape": shape,
         "detected_direction": direction,
+        # Full RGB, lightness included: the hue-only naming above cannot tell pink from a darker magenta.
+        "color_error": float(np.linalg.norm(object_rgb - np.asarray(palette[attributes["color"]]) / 255.0))
+        if object_rgb is not None and attributes["color"] in palette
+        else float("nan"),
         "jitter": trajectory_jitter(track),
         **appearance_flicker(frames, track),
         # Behind a wall the object must vanish for a while, so persistence only counts unoccluded prompts.
@@ -313,7 +318,7 @@ def summarize(results: Iterable[Mapping]) -> dict[str, float]:
     results = list(results)
     summary = {"num_videos": len(results)}
     boolean_keys = ("color_correct", "shape_correct", "direction_correct", "adherent", "reemergence_correct")
-    float_keys = ("jitter", "color_flicker", "size_flicker", "background_flicker", "persistence")
+    float_keys = ("color_error", "jitter", "color_flicker", "size_flicker", "background_flicker", "persistence")
     for key in boolean_keys:
         values = [bool(result[key]) for result in results if key in result]
         summary[f"{key}_pct"] = 100.0 * float(np.mean(values)) if values else float("nan")

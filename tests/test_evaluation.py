@@ -37,6 +37,17 @@ def test_detector_matches_ground_truth_on_every_kind_of_clip():
     summary = evaluation.summarize(results)
     assert summary["adherent_pct"] == 100.0
     assert summary["color_flicker"] < 0.02 and summary["background_flicker"] < 1e-6
+    assert summary["color_error"] < 0.03  # the data draws the prompt's exact RGB
+
+
+def test_color_error_sees_lightness_that_hue_naming_ignores():
+    attributes, _, frames = next(_clips(color="red", occluder="none", background="plain"))
+    darker = frames.astype(np.float64) / 255.0
+    colored = darker.max(-1, keepdims=True) - darker.min(-1, keepdims=True) > 0.3
+    darker = np.where(colored, darker * 0.6, darker)  # the same hue, 40% darker
+    same, dark = (evaluation.evaluate_video(video, attributes, shapes.PALETTE) for video in (frames, darker))
+    assert same["color_correct"] and dark["color_correct"]  # hue naming: still red
+    assert same["color_error"] < 0.03 and dark["color_error"] > 0.2
 
 
 def test_uniform_motion_has_no_jitter_and_random_placement_has_much():

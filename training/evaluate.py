@@ -261,6 +261,7 @@ def markdown_table(summaries: dict[str, dict]) -> str:
         ("Adherence, seen (%)", "seen", "adherent_pct", "{:.0f}"),
         ("Adherence, held-out (%)", "held_out", "adherent_pct", "{:.0f}"),
         ("Color / shape / direction correct (%)", "all", ("color_correct_pct", "shape_correct_pct", "direction_correct_pct"), "{:.0f}"),
+        ("Object color error vs the prompt's (RGB L2)", "all", "color_error", "{:.3f}"),
         ("Trajectory jitter (px, lower is better)", "all", "jitter", "{:.2f}"),
         ("Object color flicker (RGB L2)", "all", "color_flicker", "{:.3f}"),
         ("Object size flicker (relative)", "all", "size_flicker", "{:.3f}"),
