@@ -207,8 +207,8 @@ def vae_detection(vae, combinations, height, width, num_frames) -> dict:
     what any transformer over these latents can score (a color the decoder cannot draw is never right)."""
     scores = [score(reconstruct(vae, reference_clip(c, 200 + i, height, width, num_frames)), c)
               for i, c in enumerate(combinations)]  # fmt: skip
-    return {f"{key}_correct_pct": 100.0 * float(np.mean([row[f"{key}_correct"] for row in scores]))
-            for key in ("color", "shape", "direction")}  # fmt: skip
+    summary = evaluation.summarize(scores)
+    return {f"{key}_correct_pct": summary[f"{key}_correct_pct"] for key in ("color", "shape", "direction")}
 
 
 # 4. Image-to-video and continuation
