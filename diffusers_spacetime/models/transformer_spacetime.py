@@ -31,6 +31,9 @@ Choices made for speed, with reasons:
 7. `attention_span="frame"` reshapes `(B, F*H*W, heads, d)` to `(B*F, H*W, heads, d)`: a view, no dense mask.
 8. Optional fused projections (`model.fuse_qkv_projections()`, diffusers' pattern): one GEMM for Q, K and V.
 
+Optional, off by default (Wan has neither): absolute patch positions and text-token positions, each a zero-initialised
+linear map of fixed sinusoids added to the tokens, for text that names places, times and word order.
+
 Numerics: the timestep MLP and the modulation tables stay fp32 (`_keep_in_fp32_modules`); attention, norms and
 residuals run in the activation dtype with fp32 accumulation inside the kernels.
 
@@ -135,6 +138,46 @@ class SpacetimeRotaryPosEmbed(nn.Module):
         cos = torch.cat((cos, cos), dim=-1).to(dtype)  # (N, d)
         sin = torch.cat((-sin, sin), dim=-1).to(dtype)  # (N, d)
         return cos[None, :, None, :], sin[None, :, None, :]  # (1, N, 1, d)
+
+
+class SpacetimeAbsolutePosEmbed(nn.Module):
+    """Where a patch sits in the clip, as a learned function of its normalised (frame, row, column) coordinates.
+
+    Rotary attention only sees offsets between patches, so "starts at the left edge" or "ends at the bottom" must be
+    inferred from the clip's boundaries. This adds to every token a linear map of fixed features
+    `sin(pi k u), cos(pi k u)`, `k = 1..num_freqs`, of each axis' coordinate `u = (i + 0.5) / size` in (0, 1):
+    normalised, so the left edge is the left edge at any resolution, and the first frame the first at any duration.
+    The map starts at zero, so enabling it on a trained model leaves its outputs unchanged until it is fine-tuned.
+
+    Args:
+        dim (`int`): Token width.
+        num_freqs (`int`, defaults to `8`): Frequencies per axis (6 * num_freqs features).
+    """
+
+    def __init__(self, dim: int, num_freqs: int = 8):
+        super().__init__()
+        self.num_freqs = num_freqs
+        self.proj = nn.Linear(6 * num_freqs, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, num_frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """Return `(1, num_frames * height * width, dim)` in the projection's dtype."""
+        harmonics = torch.arange(1, self.num_freqs + 1, device=device, dtype=torch.float32) * math.pi  # (K,)
+        features = []
+        for size in (num_frames, height, width):
+            angles = torch.outer((torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size, harmonics)
+            features.append(torch.cat((angles.sin(), angles.cos()), dim=-1))  # (size, 2K)
+        grid = (num_frames, height, width, -1)
+        features = torch.cat(
+            [
+                features[0][:, None, None, :].expand(grid),
+                features[1][None, :, None, :].expand(grid),
+                features[2][None, None, :, :].expand(grid),
+            ],
+            dim=-1,
+        ).flatten(0, 2)  # (F*H*W, 6K)
+        return self.proj(features.to(self.proj.weight.dtype))[None]  # (1, N, D)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,6 +379,34 @@ class SpacetimeTextProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(encoder_hidden_states)))
 
 
+class SpacetimeTextPosEmbed(nn.Module):
+    """Which text token is which: a learned function of each token's index, added to the projected text states.
+
+    Cross-attention sees the text as a set, so word order reaches it only through the encoder's contextual states,
+    and a sentence encoder can all but lose it: MiniLM's "left" in "from left to right" and "right" in "from right
+    to left" are 0.91 cosine-similar, and the two captions differ by little more. With the index added, the two
+    become different sets. Sinusoids of the index (`get_timestep_embedding`, 2 * `num_freqs` features) through a
+    linear map that starts at zero, so enabling it on a trained model leaves its outputs unchanged.
+
+    Args:
+        dim (`int`): Token width.
+        num_freqs (`int`, defaults to `16`): Frequencies of the index features.
+    """
+
+    def __init__(self, dim: int, num_freqs: int = 16):
+        super().__init__()
+        self.num_freqs = num_freqs
+        self.proj = nn.Linear(2 * num_freqs, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, length: int, device: torch.device) -> torch.Tensor:
+        """Return `(1, length, dim)` in the projection's dtype."""
+        positions = torch.arange(length, device=device, dtype=torch.float32)
+        features = get_timestep_embedding(positions, 2 * self.num_freqs, flip_sin_to_cos=True, max_period=1000)
+        return self.proj(features.to(self.proj.weight.dtype))[None]  # (1, L, D)
+
+
 def _modulated_layer_norm(
     hidden_states: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> torch.Tensor:
@@ -476,6 +547,14 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         qk_norm (`str`, *optional*, defaults to `"rms_norm"`): Per-head RMS norm of queries and keys, or `None`.
         eps (`float`, defaults to `1e-6`): Epsilon of every norm.
         rope_theta (`float`, defaults to `10000.0`): Base of the rotary frequencies.
+        use_absolute_positional_embeddings (`bool`, defaults to `False`):
+            Also add a learned function of each patch's normalised (frame, row, column) coordinates to its token
+            (`SpacetimeAbsolutePosEmbed`, zero at initialisation), so that text can name absolute places and times
+            ("from left to right"). Off: rotary embedding only, as Wan.
+        use_text_positional_embeddings (`bool`, defaults to `False`):
+            Also add a learned function of each text token's index to the text states (`SpacetimeTextPosEmbed`, zero
+            at initialisation), so that word order counts in cross-attention ("from left to right" vs "from right
+            to left"). Off: the text's order reaches the model only through the text encoder.
 
     Defaults equal the dimensions of Wan2.1's 1.3B transformer.
 
@@ -499,7 +578,7 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["SpacetimeDiTBlock"]
-    _skip_layerwise_casting_patterns = ["patch_embedding", "time_embedder", "text_embedder", "norm"]
+    _skip_layerwise_casting_patterns = ["patch_embedding", "pos_embedding", "time_embedder", "text_embedder", "norm"]
     _keep_in_fp32_modules = ["time_embedder", "scale_shift_table"]
     _repeated_blocks = ["SpacetimeDiTBlock"]
     # Tokens are split along the sequence, in whole frames when per-frame timesteps or the frame span are used
@@ -535,6 +614,8 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         qk_norm: str | None = "rms_norm",
         eps: float = 1e-6,
         rope_theta: float = 10000.0,
+        use_absolute_positional_embeddings: bool = False,
+        use_text_positional_embeddings: bool = False,
     ) -> None:
         super().__init__()
 
@@ -570,6 +651,14 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
 
+        flags = {
+            "use_absolute_positional_embeddings": use_absolute_positional_embeddings,
+            "use_text_positional_embeddings": use_text_positional_embeddings,
+        }
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}.")
+
         inner_dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
         self.patch_size = patch_size
@@ -578,10 +667,12 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         # 1. Patch and position embedding
         self.patch_embedding = nn.Conv3d(in_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
         self.rope = SpacetimeRotaryPosEmbed(attention_head_dim, theta=rope_theta)
+        self.pos_embedding = SpacetimeAbsolutePosEmbed(inner_dim) if use_absolute_positional_embeddings else None
 
         # 2. Condition embeddings
         self.time_embedder = SpacetimeTimestepEmbedding(inner_dim, freq_dim)
         self.text_embedder = SpacetimeTextProjection(text_embed_dim, inner_dim)
+        self.text_pos_embedding = SpacetimeTextPosEmbed(inner_dim) if use_text_positional_embeddings else None
 
         # 3. Transformer blocks
         self.blocks = nn.ModuleList(
@@ -742,6 +833,9 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         hidden_states = self.patch_embedding(hidden_states)  # (B, D, F', H', W')
         # One copy to token-major memory: a transposed residual stream would make every later op strided.
         hidden_states = hidden_states.flatten(2).transpose(1, 2).contiguous()  # (B, F'*H'*W', D)
+        if self.pos_embedding is not None:
+            position = self.pos_embedding(grid_frames, grid_height, grid_width, hidden_states.device)  # (1, N, D)
+            hidden_states = hidden_states + position.to(hidden_states.dtype)
         rotary_emb = self.rope(grid_frames, grid_height, grid_width, hidden_states.device, hidden_states.dtype)
 
         # 2. Conditioning: noise level per sample (B,) or per tubelet frame (B, F'); text; padding bias once.
@@ -755,6 +849,9 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
                 encoder_hidden_states, encoder_attention_mask
             )
         encoder_hidden_states = self.text_embedder(encoder_hidden_states)  # (B, L, D)
+        if self.text_pos_embedding is not None:
+            text_positions = self.text_pos_embedding(encoder_hidden_states.shape[1], encoder_hidden_states.device)
+            encoder_hidden_states = encoder_hidden_states + text_positions.to(encoder_hidden_states.dtype)
         attention_bias = None
         if encoder_attention_mask is not None:
             # Additive bias (B, 1, 1, L): the most negative finite value keeps a fully padded row finite.

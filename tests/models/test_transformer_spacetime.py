@@ -97,6 +97,54 @@ def test_rotary_embedding_is_relative_along_each_axis():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def test_absolute_positions_start_at_zero_and_name_places_at_any_size(tmp_path):
+    hidden_states, timestep, text = make_inputs(num_frames=3, height=8, width=12)
+    plain, absolute = make_model(), make_model(use_absolute_positional_embeddings=True)
+    missing, unexpected = absolute.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["pos_embedding.proj.bias", "pos_embedding.proj.weight"] and unexpected == []
+    with torch.no_grad():  # zero-initialised: enabling it on a trained model changes nothing until fine-tuned
+        torch.testing.assert_close(
+            absolute(hidden_states, timestep, text).sample, plain(hidden_states, timestep, text).sample
+        )
+    # Features of normalised coordinates (i + 0.5) / size: one value per place, the same place at any size
+    features = absolute.pos_embedding
+    torch.nn.init.normal_(features.proj.weight)
+    cpu = torch.device("cpu")
+    grid = features(3, 8, 12, cpu)[0].reshape(3, 8, 12, -1)  # (F, H, W, D)
+    assert torch.unique(grid.reshape(-1, grid.shape[-1]), dim=0).shape[0] == 3 * 8 * 12
+    wider = features(3, 8, 36, cpu)[0].reshape(3, 8, 36, -1)  # column i of 12 sits where column 3i + 1 of 36 does
+    torch.testing.assert_close(grid, wider[:, :, 1::3])
+    # Once trained (here: random), it changes the output, and save/load keeps it
+    absolute.save_pretrained(tmp_path)
+    loaded = SpacetimeDiTModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(hidden_states, timestep, text).sample, absolute(hidden_states, timestep, text).sample
+        )
+        assert (
+            absolute(hidden_states, timestep, text).sample - plain(hidden_states, timestep, text).sample
+        ).abs().max() > 1e-2
+
+
+def test_text_positions_start_at_zero_and_make_word_order_count():
+    hidden_states, timestep, text = make_inputs(text_len=4)
+    plain, ordered = make_model(), make_model(use_text_positional_embeddings=True)
+    missing, _ = ordered.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["text_pos_embedding.proj.bias", "text_pos_embedding.proj.weight"]
+    swapped = text[:, [0, 2, 1, 3]]  # the same words in another order
+    with torch.no_grad():
+        # Cross-attention alone sees the text as a set: order is invisible, and zero-initialised positions keep that
+        torch.testing.assert_close(
+            plain(hidden_states, timestep, swapped).sample, plain(hidden_states, timestep, text).sample
+        )
+        torch.testing.assert_close(
+            ordered(hidden_states, timestep, text).sample, plain(hidden_states, timestep, text).sample
+        )
+        torch.nn.init.normal_(ordered.text_pos_embedding.proj.weight)  # trained (here: random) positions
+        difference = ordered(hidden_states, timestep, swapped).sample - ordered(hidden_states, timestep, text).sample
+    assert difference.abs().max() > 1e-3
+
+
 def test_padded_text_tokens_do_not_change_output(model):
     hidden_states, timestep, text = make_inputs()
     mask = torch.ones(2, 5)
@@ -386,6 +434,12 @@ def test_caches_run_and_take_effect(config):
 def test_bad_configuration_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
         SpacetimeDiTModel(**{**CONFIG, **overrides})
+
+
+@pytest.mark.parametrize("flag", ["use_absolute_positional_embeddings", "use_text_positional_embeddings"])
+def test_position_embedding_flags_must_be_bool(flag):
+    with pytest.raises(TypeError, match=f"{flag} must be a bool, got str"):
+        SpacetimeDiTModel(**CONFIG, **{flag: "yes"})
 
 
 def _bad_input_cases():

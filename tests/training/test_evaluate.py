@@ -33,9 +33,13 @@ def test_evaluate_writes_table_and_scores_ground_truth(tiny_checkpoint, tmp_path
     assert set(report["vae_detection"]) == {"color_correct_pct", "shape_correct_pct", "direction_correct_pct"}
     assert all(0 <= value <= 100 for value in report["vae_detection"].values())
     assert "first_frame_psnr" in report["image_to_video"]
+    sensitivity = report["caption_sensitivity"]
+    assert set(sensitivity) == {"spacetime", "per-frame"}
+    assert set(sensitivity["spacetime"]["rise_pct"]) == set(evaluate.CAPTION_VARIANTS)
     table = (tmp_path / "results.md").read_text()
     assert "| Adherence, held-out (%) | 100 |" in table and "reproduce:" in table
     assert "Detector on the VAE's reconstructions" in table
+    assert "| direction reversed | " in table and "loss rise (%) with the caption changed" in table
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 2
     # Samples: ground truth, spacetime and per-frame side by side, as a GIF and a PNG strip per shown prompt
     from PIL import Image
@@ -85,3 +89,21 @@ def test_sample_indices_show_held_out_and_occluded():
     combos += [{"split": "held_out", "occluder": "none"}] * 2
     assert evaluate.sample_indices(combos, 4) == [0, 1, 3, 4]
     assert evaluate.sample_indices(combos[:1], 4) == [0]
+
+
+def test_caption_sensitivity_is_zero_for_a_model_that_ignores_text(tiny_checkpoint):
+    import torch
+
+    from diffusers_spacetime import SpacetimeVideoPipeline
+
+    pipe = SpacetimeVideoPipeline.from_pretrained(tiny_checkpoint / "pipe")
+    combinations = evaluate.evaluation_combinations(evaluate.shapes.parse_holdouts([]), 3, 0, seed=0)
+    clips = [evaluate.reference_clip(c, i, 64, 64, 9) for i, c in enumerate(combinations)]
+    reacting = evaluate.caption_sensitivity(pipe, clips, combinations, sigmas=(0.9,))
+    assert abs(reacting["rise_pct"]["caption dropped"]["0.9"]) > 1e-3  # a random model does read its text
+    with torch.no_grad():  # text states all zero: the caption cannot matter
+        pipe.transformer.text_embedder.linear_2.weight.zero_()
+        pipe.transformer.text_embedder.linear_2.bias.zero_()
+    deaf = evaluate.caption_sensitivity(pipe, clips, combinations, sigmas=(0.9,))
+    assert all(abs(rise["0.9"]) < 1e-4 for rise in deaf["rise_pct"].values()), deaf
+    assert deaf["loss"]["0.9"] > 0

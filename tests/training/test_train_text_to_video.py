@@ -112,7 +112,16 @@ def test_cached_latents_give_the_same_loss(shapes_dir, tmp_path):
     plain = train_text_to_video.main(_args(shapes_dir, tmp_path / "plain", *common))
     cached = train_text_to_video.main(_args(shapes_dir, tmp_path / "cached", *common, "--cache_latents"))
     assert cached["losses"] == pytest.approx(plain["losses"], rel=1e-4)
-    assert len(list((tmp_path / "cached" / "cache").glob("*.safetensors"))) == 12
+    cache = tmp_path / "cached" / "cache"
+    assert len(list(cache.glob("*.safetensors"))) == 12
+    # A second run on the same cache reuses it and leaves its fingerprint alone (runs may share a cache at once)
+    fingerprint_mtime = (cache / "fingerprint.json").stat().st_mtime_ns
+    again = train_text_to_video.main(
+        _args(shapes_dir, tmp_path / "again", *common, "--cache_latents", "--cache_dir", str(cache))
+    )
+    assert again["losses"] == pytest.approx(cached["losses"], rel=1e-6)
+    assert (cache / "fingerprint.json").stat().st_mtime_ns == fingerprint_mtime
+    assert sorted(path.name for path in cache.iterdir() if path.suffix not in (".safetensors", ".json")) == []
 
 
 def test_attention_span_frame_trains_the_per_frame_baseline(shapes_dir, tmp_path):
@@ -122,6 +131,23 @@ def test_attention_span_frame_trains_the_per_frame_baseline(shapes_dir, tmp_path
     )  # fmt: skip
     config = json.loads((Path(result["pipeline_path"]) / "transformer" / "config.json").read_text())
     assert config["attention_span"] == "frame"
+
+
+def test_position_embeddings_added_to_a_pretrained_transformer_start_from_its_outputs(shapes_dir, tmp_path):
+    common = ["--vae_config", TINY_VAE, "--max_train_steps", "3", "--validation_prompts", "--seed", "3"]
+    base = train_text_to_video.main(_args(shapes_dir, tmp_path / "base", *common))
+    transformer = Path(base["pipeline_path"]) / "transformer"
+    plain = train_text_to_video.main(
+        _args(shapes_dir, tmp_path / "plain", *common, "--pretrained_transformer_path", str(transformer))
+    )
+    extended = train_text_to_video.main(
+        _args(shapes_dir, tmp_path / "extended", *common, "--pretrained_transformer_path", str(transformer),
+              "--use_absolute_positional_embeddings", "--use_text_positional_embeddings")
+    )  # fmt: skip
+    assert extended["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-6)  # zero-initialised: same model
+    assert extended["losses"][2] != pytest.approx(plain["losses"][2], rel=1e-6)  # then the new map trains
+    config = json.loads((Path(extended["pipeline_path"]) / "transformer" / "config.json").read_text())
+    assert config["use_absolute_positional_embeddings"] is True and config["use_text_positional_embeddings"] is True
 
 
 def test_nan_loss_stops_naming_the_step(shapes_dir, tmp_path, monkeypatch):
