@@ -140,6 +140,14 @@ class SpacetimeRotaryPosEmbed(nn.Module):
         return cos[None, :, None, :], sin[None, :, None, :]  # (1, N, 1, d)
 
 
+def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear map that outputs zeros until trained: a new input to a trained model changes nothing at first."""
+    linear = nn.Linear(in_features, out_features)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
 class SpacetimeAbsolutePosEmbed(nn.Module):
     """Where a patch sits in the clip, as a learned function of its normalised (frame, row, column) coordinates.
 
@@ -157,9 +165,7 @@ class SpacetimeAbsolutePosEmbed(nn.Module):
     def __init__(self, dim: int, num_freqs: int = 8):
         super().__init__()
         self.num_freqs = num_freqs
-        self.proj = nn.Linear(6 * num_freqs, dim)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = _zero_linear(6 * num_freqs, dim)
 
     def forward(self, num_frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
         """Return `(1, num_frames * height * width, dim)` in the projection's dtype."""
@@ -396,9 +402,7 @@ class SpacetimeTextPosEmbed(nn.Module):
     def __init__(self, dim: int, num_freqs: int = 16):
         super().__init__()
         self.num_freqs = num_freqs
-        self.proj = nn.Linear(2 * num_freqs, dim)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = _zero_linear(2 * num_freqs, dim)
 
     def forward(self, length: int, device: torch.device) -> torch.Tensor:
         """Return `(1, length, dim)` in the projection's dtype."""
