@@ -233,7 +233,7 @@ def default_text_encoder_path() -> str:
 def add_position_embeddings(transformer: SpacetimeDiTModel, **flags: bool) -> SpacetimeDiTModel:
     """The same model with the position embeddings `flags` turns on that it lacks: its weights, plus zero-initialised
     maps (built here rather than by `from_pretrained`, which skips initialisers and would leave them arbitrary)."""
-    config = {key: value for key, value in transformer.config.items() if not key.startswith("_")}
+    config = dict(transformer.config)  # private keys too: a config's "_description" survives
     wanted = {name: True for name, on in flags.items() if on and not config.get(name, False)}
     if not wanted:
         return transformer
