@@ -250,13 +250,13 @@ def caption_sensitivity(pipe, clips, combinations, sigmas=(0.95, 0.8, 0.5), batc
     captions.update({variant: [_varied_caption(c, variant) for c in combinations] for variant in CAPTION_VARIANTS})
     losses = {}  # caption -> sigma -> mean loss
     for name, texts in captions.items():
-        for sigma in sigmas:
-            total = 0.0
-            for start in range(0, len(texts), batch_size):
-                x0, n = latents[start : start + batch_size], noise[start : start + batch_size]
-                embeds, _, mask, _ = pipe.encode_prompt(
-                    texts[start : start + batch_size], do_classifier_free_guidance=False
-                )
+        totals = dict.fromkeys(sigmas, 0.0)
+        for start in range(0, len(texts), batch_size):
+            x0, n = latents[start : start + batch_size], noise[start : start + batch_size]
+            embeds, _, mask, _ = pipe.encode_prompt(
+                texts[start : start + batch_size], do_classifier_free_guidance=False
+            )
+            for sigma in sigmas:
                 prediction = pipe.transformer(
                     hidden_states=((1 - sigma) * x0 + sigma * n).to(pipe.transformer.dtype),
                     timestep=torch.full((len(x0),), sigma * 1000.0),
@@ -264,8 +264,8 @@ def caption_sensitivity(pipe, clips, combinations, sigmas=(0.95, 0.8, 0.5), batc
                     encoder_attention_mask=mask,
                     return_dict=False,
                 )[0].float()
-                total += ((prediction - (n - x0)) ** 2).mean(dim=(1, 2, 3, 4)).sum().item()
-            losses.setdefault(name, {})[sigma] = total / len(texts)
+                totals[sigma] += ((prediction - (n - x0)) ** 2).mean(dim=(1, 2, 3, 4)).sum().item()
+        losses[name] = {sigma: total / len(texts) for sigma, total in totals.items()}
     own = losses["own caption"]
     return {
         "loss": {f"{sigma}": own[sigma] for sigma in sigmas},
