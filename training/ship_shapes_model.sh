@@ -99,18 +99,22 @@ stage_vae() {
     --validation_steps 1000000 --num_validation_clips 32 --stats_num_samples 256 --seed 2
 }
 
+run_dit() {  # $1: output folder, then the flags of one phase (later flags win)
+  "$PYTHON" training/train_text_to_video.py --data_dir "$DATA" "${CLIP[@]}" --pretrained_vae_path "$VAE_PATH" \
+    --prompt_embeds_file "$DATA/prompt_embeds.safetensors" --cache_latents --output_dir "$1" \
+    --train_batch_size "$DIT_BATCH" --learning_rate "$DIT_LR" --lr_scheduler constant_with_warmup \
+    --mixed_precision "$MIXED_PRECISION" --use_ema --ema_decay "$EMA_DECAY" \
+    --caption_dropout 0.1 --condition_frames_prob 0.25 --max_condition_frames 2 \
+    --dataloader_num_workers "$WORKERS" --checkpointing_steps "$DIT_CKPT_STEPS" --checkpoints_total_limit 1 \
+    --validation_steps 1000000 --seed 0 --resume_from_checkpoint latest "${@:2}"
+}
+
 train_dit() {  # $1: attention span, $2: steps, then extra flags
   local validation=(--validation_prompts "a red circle moves from left to right")
   [ "$VALIDATE" = 1 ] || validation=(--validation_prompts)
-  "$PYTHON" training/train_text_to_video.py --data_dir "$DATA" "${CLIP[@]}" --pretrained_vae_path "$VAE_PATH" \
-    --transformer_config training/configs/dit_shapes.json --attention_span "$1" \
-    --prompt_embeds_file "$DATA/prompt_embeds.safetensors" --cache_latents --cache_dir "$WORK/latent_cache" \
-    --output_dir "$WORK/dit_$1" --train_batch_size "$DIT_BATCH" --max_train_steps "$2" --learning_rate "$DIT_LR" \
-    --lr_scheduler constant_with_warmup --lr_warmup_steps 200 --mixed_precision "$MIXED_PRECISION" \
-    --use_ema --ema_decay "$EMA_DECAY" "${@:3}" "${validation[@]}" \
-    --caption_dropout 0.1 --condition_frames_prob 0.25 --max_condition_frames 2 \
-    --dataloader_num_workers "$WORKERS" --checkpointing_steps "$DIT_CKPT_STEPS" --checkpoints_total_limit 1 \
-    --validation_steps 1000000 --validation_inference_steps 20 --seed 0 --resume_from_checkpoint latest
+  run_dit "$WORK/dit_$1" --transformer_config training/configs/dit_shapes.json --attention_span "$1" \
+    --cache_dir "$WORK/latent_cache" --max_train_steps "$2" --lr_warmup_steps 200 "${validation[@]}" \
+    --validation_inference_steps 20 "${@:3}"
 }
 
 train_dit_pos() {  # $1: attention span; phase 2 of the DiT, from phase 1's weights, into $WORK/dit_$1_pos
@@ -119,15 +123,9 @@ train_dit_pos() {  # $1: attention span; phase 2 of the DiT, from phase 1's weig
   # words as a set, and MiniLM's "left" and "right" are 0.91 cosine-similar; the high noise levels where a layout is
   # chosen were 1% of the samples. So: absolute and text-token positions (zero-initialised: training starts from
   # phase 1's outputs) and flow shift 3 (sigma > 0.9 in 14% of the samples).
-  "$PYTHON" training/train_text_to_video.py --data_dir "$DATA" "${CLIP[@]}" --pretrained_vae_path "$VAE_PATH" \
-    --pretrained_transformer_path "$WORK/dit_$1/pipeline/transformer" --use_absolute_positional_embeddings \
-    --use_text_positional_embeddings --flow_shift "$DIT_POS_SHIFT" --prompt_embeds_file "$DATA/prompt_embeds.safetensors" --cache_latents \
-    --cache_dir "$WORK/latent_cache_$1" --output_dir "$WORK/dit_$1_pos" --train_batch_size "$DIT_BATCH" \
-    --max_train_steps "$DIT_POS_STEPS" --learning_rate "$DIT_LR" --lr_scheduler constant_with_warmup \
-    --lr_warmup_steps 50 --mixed_precision "$MIXED_PRECISION" --use_ema --ema_decay "$EMA_DECAY" \
-    --validation_prompts --caption_dropout 0.1 --condition_frames_prob 0.25 --max_condition_frames 2 \
-    --dataloader_num_workers "$WORKERS" --checkpointing_steps "$DIT_CKPT_STEPS" --checkpoints_total_limit 1 \
-    --validation_steps 1000000 --seed 0 --resume_from_checkpoint latest
+  run_dit "$WORK/dit_$1_pos" --pretrained_transformer_path "$WORK/dit_$1/pipeline/transformer" \
+    --use_absolute_positional_embeddings --use_text_positional_embeddings --flow_shift "$DIT_POS_SHIFT" \
+    --cache_dir "$WORK/latent_cache_$1" --max_train_steps "$DIT_POS_STEPS" --lr_warmup_steps 50 --validation_prompts
 }
 
 stage_dit() {

@@ -88,6 +88,15 @@ def apply_rotary_emb(hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.
     return torch.addcmul(hidden_states * cos, swapped, sin)
 
 
+def _per_patch(frames: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Per-axis features `(F, a)`, `(H, b)`, `(W, c)` -> one row per patch, frame-major: `(F*H*W, a+b+c)`."""
+    grid = (frames.shape[0], rows.shape[0], columns.shape[0], -1)
+    return torch.cat(
+        [frames[:, None, None, :].expand(grid), rows[None, :, None, :].expand(grid), columns[None, None].expand(grid)],
+        dim=-1,
+    ).flatten(0, 2)
+
+
 class SpacetimeRotaryPosEmbed(nn.Module):
     """3D rotary position embedding over (frame, row, column) of the patch grid.
 
@@ -124,15 +133,7 @@ class SpacetimeRotaryPosEmbed(nn.Module):
         angles_frames = angles[:num_frames, :split_frames]
         angles_rows = angles[:height, split_frames : split_frames + split_rows]
         angles_columns = angles[:width, split_frames + split_rows :]
-        grid = (num_frames, height, width, -1)
-        angles = torch.cat(
-            [
-                angles_frames[:, None, None, :].expand(grid),
-                angles_rows[None, :, None, :].expand(grid),
-                angles_columns[None, None, :, :].expand(grid),
-            ],
-            dim=-1,
-        ).flatten(0, 2)  # (F*H*W, d/2)
+        angles = _per_patch(angles_frames, angles_rows, angles_columns)  # (F*H*W, d/2)
         # 3. Rotate-half tables; the sine carries the sign of the first half.
         cos, sin = angles.cos(), angles.sin()
         cos = torch.cat((cos, cos), dim=-1).to(dtype)  # (N, d)
@@ -174,15 +175,7 @@ class SpacetimeAbsolutePosEmbed(nn.Module):
         for size in (num_frames, height, width):
             angles = torch.outer((torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size, harmonics)
             features.append(torch.cat((angles.sin(), angles.cos()), dim=-1))  # (size, 2K)
-        grid = (num_frames, height, width, -1)
-        features = torch.cat(
-            [
-                features[0][:, None, None, :].expand(grid),
-                features[1][None, :, None, :].expand(grid),
-                features[2][None, None, :, :].expand(grid),
-            ],
-            dim=-1,
-        ).flatten(0, 2)  # (F*H*W, 6K)
+        features = _per_patch(*features)  # (F*H*W, 6K)
         return self.proj(features.to(self.proj.weight.dtype))[None]  # (1, N, D)
 
 
