@@ -1,5 +1,6 @@
-# `make test` on a fresh machine: creates .venv, installs the CPU torch build first (a bare `torch`
-# requirement would pull a multi-GB CUDA build), then the package with its test extras, then runs pytest.
+# `make test` on a fresh machine: creates .venv, installs torch first (TORCH_SPEC from the default index: a CPU build
+# only where that index serves CPU wheels; from pypi.org on Linux a multi-GB CUDA build), then the package with its
+# test extras, then runs pytest.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Override for another platform, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".

@@ -232,9 +232,19 @@ def _card_data(
 
 def vae_facts(vae: Any) -> dict[str, Any]:
     """What a VAE card says about the autoencoder: compression ratios, latent size, widths, parameters."""
+    from .pipelines.video_vae import VIDEO_VAE_CLASSES, vae_latent_space
+
     config = dict(vae.config)
     spatial = getattr(vae, "spatial_compression_ratio", None)
     temporal = getattr(vae, "temporal_compression_ratio", None)
+    channels = config.get("latent_channels")
+    if isinstance(vae, VIDEO_VAE_CLASSES):  # diffusers' Wan / LTX / CogVideoX VAEs keep these elsewhere
+        space = vae_latent_space(vae)
+        spatial, temporal, channels = (
+            space.spatial_compression_ratio,
+            space.temporal_compression_ratio,
+            space.latent_channels,
+        )
     if spatial is None and "block_out_channels" in config:
         spatial = 2 ** (len(config["block_out_channels"]) - 1)
     if temporal is None and "temporal_downsample" in config:
@@ -243,7 +253,7 @@ def vae_facts(vae: Any) -> dict[str, Any]:
         "class_name": type(vae).__name__,
         "spatial_compression": spatial,
         "temporal_compression": temporal,
-        "latent_channels": config.get("latent_channels"),
+        "latent_channels": channels,
         "block_out_channels": _format_value(config.get("block_out_channels")),
         "layers_per_block": config.get("layers_per_block"),
         "has_latent_statistics": config.get("latents_mean") is not None and config.get("latents_std") is not None,

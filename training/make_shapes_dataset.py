@@ -177,6 +177,91 @@ def caption(attributes: dict[str, str]) -> str:
     return " ".join(word for word in words if word)
 
 
+# Free phrasings: the same attributes said in other words and word orders, so that a model learns what the words
+# mean rather than where they sit in one template. Each entry is (words used in training, words held out of it): a
+# caption drawn with `phrasing="held_out"` uses at least one held-out template or word, so it measures how well the
+# model generalises to phrasings it never read.
+VERBS = (("moves", "is moving", "slides", "travels", "glides"), ("drifts", "is gliding"))
+GERUNDS = (("moving", "sliding", "traveling"), ("drifting",))  # "there is a red circle moving ..."
+DIRECTION_SYNONYMS = {
+    "left_to_right": (("from left to right", "to the right", "rightward", "towards the right", "from the left side to the right side"),
+                      ("toward the right edge", "rightwards")),
+    "right_to_left": (("from right to left", "to the left", "leftward", "towards the left", "from the right side to the left side"),
+                      ("toward the left edge", "leftwards")),
+    "top_to_bottom": (("from top to bottom", "downward", "down", "towards the bottom", "from the top to the bottom"),
+                      ("toward the bottom edge", "downwards")),
+    "bottom_to_top": (("from bottom to top", "upward", "up", "towards the top", "from the bottom to the top"),
+                      ("toward the top edge", "upwards")),
+}  # fmt: skip
+SPEED_SYNONYMS = {"normal": (("",), ("",)), "slow": (("slowly", "at a slow pace"), ("leisurely",))}
+BOUNCE_SYNONYMS = (("and bounces back", "and bounces off the edge", "then comes back"), ("and rebounds",))
+OCCLUDER_SYNONYMS = (
+    ("behind a gray wall", "behind a grey wall", "passing behind a gray wall"),
+    ("behind the gray wall",),
+)
+BACKGROUND_SYNONYMS = {
+    "plain": (("", "on a plain background", "on a light gray background"), ("on a blank background",)),
+    "checkered": (("on a checkered background", "on a checkerboard", "over a checkered background"),
+                  ("on a checkerboard pattern",)),
+}  # fmt: skip
+# {subject} "a red circle"; {path} direction and speed; {bounce}; {rest} wall and background.
+CAPTION_TEMPLATES = (
+    (
+        "{subject} {verb} {path}{bounce}{rest}",
+        "{subject} {gerund} {path}{bounce}{rest}",
+        "{background_first}{subject} {verb} {path}{bounce}{wall}",
+        "{path_first}, {subject} {verb}{bounce}{rest}",
+    ),
+    ("there is {subject} {gerund} {path}{bounce}{rest}", "the {color} {shape} {verb} {path}{bounce}{rest}"),
+)
+PHRASINGS = ("canonical", "train", "held_out")
+
+
+def varied_caption(attributes: dict[str, str], rng: np.random.Generator, phrasing: str = "train") -> str:
+    """A caption of `attributes` in free words, e.g. "on a checkerboard, a red circle slides slowly to the right".
+
+    `phrasing`: "canonical" is `caption(attributes)`; "train" draws every template and word from the training sets
+    (the canonical ones among them); "held_out" draws at least one part from the held-out sets, so that no
+    held-out caption can come out of "train".
+    """
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
+    if phrasing == "canonical":
+        return caption(attributes)
+    parts = ["template", "verb", "direction", "background"]
+    parts += ["speed"] if attributes["speed"] == "slow" else []
+    parts += ["bounce"] if attributes["motion"] == "bounce" else []
+    parts += ["wall"] if attributes["occluder"] == "wall" else []
+    held = set()
+    while phrasing == "held_out" and not held:  # a random non-empty set of parts in held-out words
+        held = {part for part in parts if rng.random() < 0.4}
+
+    def pick(part: str, choices: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+        options = choices[1] if part in held else choices[0]
+        return options[rng.integers(len(options))]
+
+    template = pick("template", CAPTION_TEMPLATES)
+    direction = pick("direction", DIRECTION_SYNONYMS[attributes["direction"]])
+    speed = pick("speed", SPEED_SYNONYMS[attributes["speed"]])
+    path = f"{speed} {direction}" if speed and rng.random() < 0.5 else " ".join(w for w in (direction, speed) if w)
+    bounce = " " + pick("bounce", BOUNCE_SYNONYMS) if attributes["motion"] == "bounce" else ""
+    wall = " " + pick("wall", OCCLUDER_SYNONYMS) if attributes["occluder"] == "wall" else ""
+    background = pick("background", BACKGROUND_SYNONYMS[attributes["background"]])
+    return template.format(
+        subject=f"a {attributes['color']} {attributes['shape']}",
+        color=attributes["color"],
+        shape=attributes["shape"],
+        verb=pick("verb", VERBS),
+        gerund=pick("verb", GERUNDS),
+        path=path,
+        bounce=bounce,
+        rest=wall + (" " + background if background else ""),
+        wall=wall,
+        background_first=f"{background}, " if background else "",
+        path_first=path[0].upper() + path[1:],
+    )
+
+
 _CAPTION_PATTERN = re.compile(
     r"^a (?P<color>\w+) (?P<shape>\w+) moves(?: (?P<adverb>\w+))? (?P<direction>from \w+ to \w+)"
     rf"(?P<bounce> {BOUNCE_PHRASE})?(?P<wall> {OCCLUDER_PHRASE})?(?: (?P<background>on a \w+ background))?$"

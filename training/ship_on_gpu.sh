@@ -1,54 +1,55 @@
 #!/usr/bin/env bash
-# One-shot GPU run of the shipped model's `vae` and `dit` stages (training/ship_shapes_model.sh) on a machine that has
-# torch but neither diffusers, PyAV nor the text encoder: wheels travel in .whl/, the clips and their caption
-# embeddings in data/ship/ (made here by training/prepare_gpu_run.sh). Weights come back in $OUT as fp16 safetensors (a split
-# tar), with the training logs; `assemble` then builds the pipeline folder where the text encoder is installed.
-set -euo pipefail
+# The whole GPU part of the shipped shapes model as one command on a bare GPU machine (torch, transformers,
+# accelerate, peft; no diffusers): installs the wheels that travel in .whl/ (training/prepare_gpu_run.sh), then runs
+# training/train_shapes_gpu.py's stages at once on the one GPU: the VAE decoder fine-tune and both transformers
+# (spacetime and per-frame, in lockstep). Clips are rendered on the GPU and MiniLM comes from the checkpoint, so no
+# data travels. The run folder (fp16 weights, logs, results) comes back as $OUT/run.tar.part* (the device returns at
+# most 8 files of at most 16 MiB each); a stage cut short still leaves its last saved weights in it. Here:
+#   bash training/prepare_gpu_run.sh            # wheels, and the shipped transformers set aside (tree <= 64 MiB)
+#   run(command="bash training/ship_on_gpu.sh", carry=[".whl"], timeout_s=560)
+#   bash training/prepare_gpu_run.sh restore    # then: cat <files_at>/run.tar.part* | tar -x -C runs/gpu
+# Knobs: STAGES ("vae dit"), VAE_TIME, DIT_TIME (seconds of training each), INIT_FROM (a returned run folder, carried:
+# continue from its weights). CPU dry run at toy sizes (the test suite runs it): DRY_RUN=1 OUT=/tmp/x bash ...
+set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-export PYTHON=python3 DATA=data/ship WORK=/tmp/ship MIXED_PRECISION=bf16 WORKERS=8 VALIDATE=0
-export VAE_BATCH=${VAE_BATCH:-16} VAE_STEPS=${VAE_STEPS:-1500} VAE_TIME=${VAE_TIME:-90}
-export DIT_BATCH=${DIT_BATCH:-64} DIT_STEPS=${DIT_STEPS:-20000} DIT_TIME=${DIT_TIME:-75}
 OUT=${OUT:-/tmp/ship_out}
-mkdir -p "$OUT"
-
-pack() {  # fp16 copies of what exists so far, tarred and split in 15 MB parts (the device returns files <= 16 MiB)
-  python3 - "$WORK" "$OUT/weights" <<'PY'
-import shutil, sys
-from pathlib import Path
-
-import torch
-
-from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel
-
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
-shutil.rmtree(out, ignore_errors=True)
-vae_run = next((work / name for name in ("vae_color", "vae_ft") if (work / name / "vae").is_dir()), work / "vae")  # last phase
-if (vae_run / "vae").is_dir():
-    AutoencoderKLSpacetime.from_pretrained(vae_run / "vae", torch_dtype=torch.float16).save_pretrained(out / "vae")
-for span in ("spacetime", "frame"):
-    run = work / f"dit_{span}"
-    if (run / "pipeline").is_dir():
-        model = SpacetimeDiTModel.from_pretrained(run / "pipeline", subfolder="transformer", torch_dtype=torch.float16)
-        model.save_pretrained(out / f"transformer_{span}")
-        shutil.copytree(run / "pipeline" / "scheduler", out / "scheduler", dirs_exist_ok=True)
-        shutil.copy(run / "pipeline" / "model_index.json", out / "model_index.json")
-for log in ["vae", "vae_ft", "vae_color"] + [f"dit_{span}" for span in ("spacetime", "frame")]:
-    for name in ("results.json", "train_log.jsonl"):
-        if (work / log / name).is_file():
-            (out / "logs" / log).mkdir(parents=True, exist_ok=True)
-            shutil.copy(work / log / name, out / "logs" / log / name)
-PY
-  rm -f "$OUT"/weights.tar.part*
-  tar -C "$OUT" -cf - weights | split -b 15000000 - "$OUT/weights.tar.part"
-  rm -rf "$OUT/weights"
-  ls -la "$OUT"
-}
-
+RUN=$OUT/run
+PYTHON=${PYTHON:-python3}
+STAGES=${STAGES:-vae dit}
+mkdir -p "$RUN"
 start=$SECONDS
-bash training/ship_shapes_model.sh vae
-echo "vae stage: $((SECONDS - start)) s"; pack
-bash training/ship_shapes_model.sh dit
-echo "vae + dit stages: $((SECONDS - start)) s"; pack
+if [ -d .whl ] && ! $PYTHON -c "import diffusers" 2>/dev/null; then
+  $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+echo "setup: $((SECONDS - start)) s"
+
+if [ "${DRY_RUN:-0}" = 1 ]; then  # toy sizes, CPU, a few steps: the same code paths as the GPU run
+  vae_args="--max_train_time 60 --max_train_steps 2 --train_batch_size 2 --num_eval_clips 2 --log_every 1 --mixed_precision no"
+  dit_args="--max_train_time 60 --max_train_steps 3 --train_batch_size 4 --pool_size 8 --captions_per_combination 1"
+  dit_args="$dit_args --num_eval_clips 3 --check_steps 2 --log_every 1 --probe_every 2 --mixed_precision no"
+else
+  vae_args="--max_train_time ${VAE_TIME:-330} --compile"
+  dit_args="--max_train_time ${DIT_TIME:-300} --compile"
+fi
+init=${INIT_FROM:+--init_from $INIT_FROM}
+declare -A pids
+for stage in $STAGES; do
+  args_var="${stage}_args"
+  # shellcheck disable=SC2086
+  $PYTHON training/train_shapes_gpu.py --stage "$stage" --output_dir "$RUN" ${!args_var} $init > "$RUN/$stage.log" 2>&1 &
+  pids[$stage]=$!
+done
+failed=0
+for stage in $STAGES; do
+  wait "${pids[$stage]}"; rc=$?
+  echo "$stage stage: rc $rc at $((SECONDS - start)) s"
+  grep -v -E "it/s|s/it|Casting directly" "$RUN/$stage.log" | tail -n 25
+  [ $rc = 0 ] || failed=1
+done
+rm -f "$OUT"/run.tar.part*
+tar -C "$OUT" -cf - run | split -b 15000000 - "$OUT/run.tar.part" && rm -rf "$RUN"
+ls -la "$OUT"
+exit $failed

@@ -4,10 +4,11 @@
         --output_dir runs/vae-tiny --max_train_steps 2000
 
 Loss: L1 (or MSE) reconstruction of a posterior sample, plus `--kl_weight` x KL(q(z|x) || N(0, I)) summed over the
-latent and divided by the number of pixel values (LDM/diffusers' normalisation, so their 1e-6 carries over). No
-perceptual (LPIPS) or adversarial loss: LPIPS needs pretrained VGG weights that cannot be downloaded here, a GAN
-term adds a second model and its instabilities, and the synthetic shapes reconstruct sharply without either; large
-real-video runs would want both.
+latent and divided by the number of pixel values (LDM/diffusers' normalisation, so their 1e-6 carries over). With
+`--adversarial_weight w` (off by default), after `--adversarial_start_step` steps a 3D PatchGAN discriminator trains
+against the reconstructions and the autoencoder gets w x the adaptive weight x its hinge generator loss
+(`training/adversarial.py`), as real-video VAEs are trained to look sharp. No perceptual (LPIPS) loss: its VGG
+weights cannot be had offline here.
 
 At the end the script computes the per-channel mean and std of the latents (posterior samples) over up to
 `--stats_num_samples` training clips, stores them as `latents_mean` / `latents_std` in the VAE config (the pipeline
@@ -36,6 +37,12 @@ from tqdm.auto import tqdm
 
 from diffusers_spacetime import AutoencoderKLSpacetime
 from training import checkpointing
+from training.adversarial import (
+    SpacetimePatchDiscriminator,
+    adaptive_adversarial_weight,
+    discriminator_hinge_loss,
+    generator_adversarial_loss,
+)
 from training.data import (
     FrameCountBatchSampler,
     add_data_arguments,
@@ -96,6 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="Probability that a clip's colors get a random hue rotation about the gray axis, chroma scale and "
         "lightness shift (grays stay put): the VAE learns every hue, not only the few its data has (a new color "
         "concept needs it). 0: off.",
+    )
+    group = parser.add_argument_group("adversarial loss (off by default)")
+    group.add_argument(
+        "--adversarial_weight",
+        type=float,
+        default=0.0,
+        help="Weight of the PatchGAN generator loss (times the adaptive weight that balances its gradient against "
+        "the reconstruction's at the decoder's last layer); 0: no discriminator. Taming/LDM use 0.5.",
+    )
+    group.add_argument(
+        "--adversarial_start_step",
+        type=int,
+        default=1000,
+        help="Optimizer steps of reconstruction only before the discriminator and the adversarial term start.",
+    )
+    group.add_argument(
+        "--discriminator_channels", type=int, default=64, help="Width of the discriminator's first layer."
+    )
+    group.add_argument(
+        "--discriminator_layers", type=int, default=3, help="Strided layers of the discriminator (patch size)."
+    )
+    group.add_argument(
+        "--discriminator_learning_rate",
+        type=float,
+        default=None,
+        help="AdamW (betas 0.5, 0.9) learning rate of the discriminator; default: --learning_rate.",
     )
     add_optimization_arguments(
         parser,
@@ -187,6 +220,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"--color_augmentation must be a probability in [0, 1], got {args.color_augmentation}")
     if args.train_decoder_only and not args.pretrained_vae_path:
         raise ValueError("--train_decoder_only needs --pretrained_vae_path (the frozen encoder comes from it)")
+    if not 0 <= args.adversarial_weight < float("inf"):
+        raise ValueError(f"--adversarial_weight must be 0 or more, got {args.adversarial_weight}")
+    if args.adversarial_start_step < 0:
+        raise ValueError(f"--adversarial_start_step must be 0 or more, got {args.adversarial_start_step}")
+    if args.discriminator_channels < 4 or args.discriminator_channels % 4:
+        raise ValueError(
+            f"--discriminator_channels must be a positive multiple of 4, got {args.discriminator_channels}"
+        )
+    if args.discriminator_layers < 1:
+        raise ValueError(f"--discriminator_layers must be at least 1, got {args.discriminator_layers}")
+    if args.discriminator_learning_rate is not None and not 0 < args.discriminator_learning_rate < float("inf"):
+        raise ValueError(f"--discriminator_learning_rate must be positive, got {args.discriminator_learning_rate}")
     if args.stats_num_samples < 1:
         raise ValueError(f"--stats_num_samples must be at least 1, got {args.stats_num_samples}")
     if args.validation_data_dir is None and args.num_validation_clips < 1:
@@ -246,7 +291,7 @@ def latent_statistics(vae, dataset, accelerator, num_samples: int, batch_size: i
     indices = list(range(min(num_samples, len(dataset))))[accelerator.process_index :: accelerator.num_processes]
     subset = torch.utils.data.Subset(dataset, indices)
     sampler = FrameCountBatchSampler(
-        [dataset.frame_counts[i] for i in indices], batch_size, shuffle=False, drop_last=False
+        [dataset.batch_keys[i] for i in indices], batch_size, shuffle=False, drop_last=False
     )
     loader = torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collate_videos)
     channels = vae.config.latent_channels
@@ -294,6 +339,12 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError(f"--num_frames must be 1 + k * {temporal} for this VAE, got {args.num_frames}")
     if args.height % spatial or args.width % spatial:
         raise ValueError(f"--height and --width must be multiples of {spatial}, got {args.height}x{args.width}")
+    for frames, height, width in args.buckets or ():
+        if (frames - 1) % temporal or height % spatial or width % spatial:
+            raise ValueError(
+                f"--buckets {frames}x{height}x{width}: frames must be 1 + k * {temporal} and height and width "
+                f"multiples of {spatial} for this VAE"
+            )
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     if args.train_decoder_only:
@@ -319,6 +370,13 @@ def main(args: argparse.Namespace) -> dict:
     # 3. Optimizer and schedule (the prepared scheduler steps once per process per optimizer step)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    discriminator = None
+    if args.adversarial_weight > 0:
+        discriminator = SpacetimePatchDiscriminator(3, args.discriminator_channels, args.discriminator_layers)
+        discriminator_optimizer = torch.optim.AdamW(
+            discriminator.parameters(), lr=args.discriminator_learning_rate or args.learning_rate, betas=(0.5, 0.9)
+        )
+        discriminator, discriminator_optimizer = accelerator.prepare(discriminator, discriminator_optimizer)
     lr_scheduler, updates_per_epoch, max_train_steps, num_epochs = make_lr_scheduler(
         args, accelerator, optimizer, len(train_dataloader)
     )
@@ -342,7 +400,7 @@ def main(args: argparse.Namespace) -> dict:
         total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     unwrapped_vae = accelerator.unwrap_model(model).vae
-    losses, step_loss, step_parts, skipped_files = [], 0.0, np.zeros(2), set()
+    losses, step_loss, step_parts, skipped_files = [], 0.0, np.zeros(4), set()
     micro_step, step_start = global_step * args.gradient_accumulation_steps, time.perf_counter()
     train_start = time.monotonic()
     for epoch in range(first_epoch, num_epochs):
@@ -362,7 +420,8 @@ def main(args: argparse.Namespace) -> dict:
                 args.seed, micro_step, accelerator.process_index, accelerator.device
             )
             micro_step += 1
-            with accelerator.accumulate(model):
+            adversarial = discriminator is not None and global_step >= args.adversarial_start_step
+            with accelerator.accumulate(*[module for module in (model, discriminator) if module is not None]):
                 pixel_values = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]
                 if args.color_augmentation:
                     pixel_values = color_augmentation(pixel_values, generator, args.color_augmentation)
@@ -377,21 +436,41 @@ def main(args: argparse.Namespace) -> dict:
                 mean, logvar = mean.float(), logvar.float()
                 kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum() / pixel_values.numel()
                 loss = reconstruction_loss + args.kl_weight * kl
+                generator_loss = discriminator_loss = torch.zeros((), device=loss.device)
+                if adversarial:
+                    # the generator's pass: the discriminator's weights get no gradient from it
+                    critic = accelerator.unwrap_model(discriminator).requires_grad_(False)
+                    generator_loss = generator_adversarial_loss(critic(reconstruction))
+                    critic.requires_grad_(True)
+                    last_layer = unwrapped_vae.decoder.conv_out.weight
+                    balance = adaptive_adversarial_weight(reconstruction_loss, generator_loss, last_layer)
+                    loss = loss + args.adversarial_weight * balance * generator_loss
 
-                parts = accelerator.gather(torch.stack([loss, reconstruction_loss, kl]).detach()[None]).mean(0)
+                parts = torch.stack([loss, reconstruction_loss, kl, generator_loss])
+                parts = accelerator.gather(parts.detach()[None]).mean(0)
                 if not torch.isfinite(parts[0]):
                     raise FloatingPointError(
                         f"Loss is {parts[0].item()} at step {global_step + 1} (epoch {epoch}): stopping. Lower "
                         "--learning_rate, or resume from the last checkpoint with --mixed_precision no."
                     )
-                step_loss += parts[0].item() / args.gradient_accumulation_steps
-                step_parts += parts[1:].cpu().numpy() / args.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if adversarial:  # real and reconstructed clips in one pass (one DDP forward per backward)
+                    logits = discriminator(torch.cat([pixel_values, reconstruction.detach().to(pixel_values.dtype)]))
+                    discriminator_loss = discriminator_hinge_loss(*logits.float().chunk(2))
+                    accelerator.backward(discriminator_loss)
+                    discriminator_optimizer.step()
+                    discriminator_optimizer.zero_grad(set_to_none=True)
+                    discriminator_loss = accelerator.gather(discriminator_loss.detach()[None]).mean()
+                step_loss += parts[0].item() / args.gradient_accumulation_steps
+                # reconstruction, kl, generator (adversarial) and discriminator losses
+                step_parts += (
+                    np.append(parts[1:].cpu().numpy(), discriminator_loss.item()) / args.gradient_accumulation_steps
+                )
 
             if not accelerator.sync_gradients:
                 continue
@@ -399,6 +478,8 @@ def main(args: argparse.Namespace) -> dict:
             step_time, step_start = time.perf_counter() - step_start, time.perf_counter()
             lr = lr_scheduler.get_last_lr()[0]
             logs = {"loss": step_loss, "reconstruction": step_parts[0], "kl": step_parts[1], "lr": lr}
+            if discriminator is not None:
+                logs.update(adversarial=step_parts[2], discriminator=step_parts[3])
             accelerator.log(logs, step=global_step)
             progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             progress.update(1)
@@ -407,7 +488,7 @@ def main(args: argparse.Namespace) -> dict:
                 checkpointing.append_train_log(
                     output_dir, {"step": global_step, **{k: float(v) for k, v in logs.items()}, "step_time": step_time}
                 )
-            step_loss, step_parts = 0.0, np.zeros(2)
+            step_loss, step_parts = 0.0, np.zeros(4)
 
             if global_step % args.checkpointing_steps == 0:
                 checkpointing.save_checkpoint(

@@ -473,6 +473,7 @@ def main(args: argparse.Namespace) -> dict:
             "seed": args.seed,
             "max_sequence_length": args.max_sequence_length,
             "clip": [args.num_frames, args.height, args.width, args.frame_stride, args.target_fps, args.random_start],
+            "buckets": args.buckets,
             "dtype": str(weight_dtype),
         }
         cache_dir = build_cache(args, accelerator, dataset, pipe.vae, pipe, json.loads(json.dumps(fingerprint)))
@@ -623,7 +624,9 @@ def main(args: argparse.Namespace) -> dict:
             "gradient_checkpointing": args.gradient_checkpointing,
             "resolution": f"{args.height}x{args.width}",
             "num_frames": args.num_frames,
-            "dataset": f"`{Path(args.data_dir).resolve().name}` (a captioned video folder)",
+            "dataset": f"`{Path(args.data_dir).resolve().name}` (a captioned video folder)"
+            if args.data_dir
+            else f"`{args.dataset_name}` (a Hugging Face dataset)",
             "num_clips": len(dataset),
             "hardware": hardware_description(accelerator),
             "wall_time_s": sum(row.get("step_time", 0.0) for row in log),  # optimizer steps, resumes included

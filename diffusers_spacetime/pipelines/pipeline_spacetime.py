@@ -8,7 +8,8 @@ Decisions worth knowing (the README repeats them):
   own `transformer.cache_context("cond")` / `("uncond")`, so diffusers' cache hooks keep separate state per branch;
   the two prompts may have different token lengths and masks; peak activation memory is that of one batch. The cost:
   on a GPU with spare capacity two calls are slower than one doubled batch, and diffusers' FasterCache (which expects
-  a batched [uncond, cond] input) does not apply. FirstBlockCache and TaylorSeer keep state per cache context and
+  a batched [uncond, cond] input) does not apply; `batched_guidance=True` runs them as one batch instead (both
+  prompts padded to one length, padding masked), in `cache_context("cond_uncond")`, which FasterCache needs. FirstBlockCache and TaylorSeer keep state per cache context and
   work with guidance; diffusers 0.42's PyramidAttentionBroadcast keeps one state per attention module, so with
   guidance > 1 the unconditional pass reuses the conditional pass's attention (measured drift 0.17 vs 4e-3): use it
   without guidance (benchmarks/README.md).
@@ -31,9 +32,9 @@ from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..loaders.lora import SpacetimeLoraLoaderMixin
-from ..models.autoencoder_kl_spacetime import AutoencoderKLSpacetime
 from ..models.transformer_spacetime import SpacetimeDiTModel
 from .pipeline_output import SpacetimeVideoPipelineOutput
+from .video_vae import VideoVAE, vae_decode_kwargs, vae_latent_space
 
 logger = logging.get_logger(__name__)
 
@@ -68,7 +69,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-def _text_hidden_size(text_encoder: torch.nn.Module) -> int | None:
+def text_hidden_size(text_encoder: torch.nn.Module) -> int | None:
     """Width of `last_hidden_state` for BERT/CLIP (`hidden_size`) and T5/UMT5 (`d_model`) configs; None if unknown."""
     config = getattr(text_encoder, "config", None)
     for name in ("hidden_size", "d_model"):
@@ -76,6 +77,54 @@ def _text_hidden_size(text_encoder: torch.nn.Module) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def load_text_encoder(path: str, **kwargs) -> PreTrainedModel:
+    """The text encoder of a transformers folder or Hub id, encoder only: `T5EncoderModel`, `UMT5EncoderModel` or
+    `MT5EncoderModel` for T5-family checkpoints (whose `AutoModel` is the encoder-decoder, whose forward needs decoder
+    inputs), `CLIPTextModel` for a whole CLIP checkpoint, `AutoModel` for the rest (BERT/MiniLM, CLIP text, ...).
+
+    `kwargs` go to `from_pretrained` (`subfolder`, `revision`, `torch_dtype`, ...).
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        CLIPConfig,
+        CLIPTextModel,
+        MT5Config,
+        MT5EncoderModel,
+        T5Config,
+        T5EncoderModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    encoder_only = {
+        T5Config: T5EncoderModel,
+        UMT5Config: UMT5EncoderModel,
+        MT5Config: MT5EncoderModel,
+        CLIPConfig: CLIPTextModel,
+    }
+    config_kwargs = {
+        key: value for key, value in kwargs.items() if key in ("subfolder", "revision", "cache_dir", "token")
+    }
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    model_class = encoder_only.get(type(config), AutoModel)
+    return model_class.from_pretrained(path, **kwargs)
+
+
+def _concat_padded(*pairs: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(embeds (B, L_i, D), mask (B, L_i) or None)` pairs -> one batch `(sum B, max L_i, D)` and its mask, zero-padded
+    at the end with the padding masked out."""
+    length = max(embeds.shape[1] for embeds, _ in pairs)
+    all_embeds, all_masks = [], []
+    for embeds, mask in pairs:
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        extra = length - embeds.shape[1]
+        all_embeds.append(torch.nn.functional.pad(embeds, (0, 0, 0, extra)))  # (B, L_max, D)
+        all_masks.append(torch.nn.functional.pad(mask.to(embeds.device), (0, extra)))  # (B, L_max)
+    return torch.cat(all_embeds), torch.cat(all_masks)
 
 
 def _is_int(value: Any) -> bool:
@@ -97,8 +146,10 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
             Its hidden size must equal `transformer.config.text_embed_dim`.
         transformer ([`SpacetimeDiTModel`]):
             The spacetime diffusion transformer; predicts the flow velocity in the normalised latent space.
-        vae ([`AutoencoderKLSpacetime`]):
-            The video autoencoder, with per-channel `latents_mean` / `latents_std` in its config (or None for 0 / 1).
+        vae ([`AutoencoderKLSpacetime`], [`~diffusers.AutoencoderKLWan`], [`~diffusers.AutoencoderKLLTXVideo`] or
+            [`~diffusers.AutoencoderKLCogVideoX`]):
+            The video autoencoder; its latent channels, compression ratios and latent normalisation are read from it
+            by `video_vae.vae_latent_space` (e.g. per-channel `latents_mean` / `latents_std` in its config).
         scheduler ([`~diffusers.SchedulerMixin`]):
             Any diffusers scheduler; the default is [`~diffusers.FlowMatchEulerDiscreteScheduler`].
         default_height (`int`, *optional*):
@@ -118,7 +169,7 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         tokenizer: PreTrainedTokenizerBase,
         text_encoder: PreTrainedModel,
         transformer: SpacetimeDiTModel,
-        vae: AutoencoderKLSpacetime,
+        vae: VideoVAE,
         scheduler: SchedulerMixin,
         default_height: int | None = None,
         default_width: int | None = None,
@@ -140,12 +191,12 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
     @property
     def vae_scale_factor_spatial(self) -> int | None:
         vae = getattr(self, "vae", None)
-        return vae.spatial_compression_ratio if vae is not None else None
+        return vae_latent_space(vae).spatial_compression_ratio if vae is not None else None
 
     @property
     def vae_scale_factor_temporal(self) -> int | None:
         vae = getattr(self, "vae", None)
-        return vae.temporal_compression_ratio if vae is not None else None
+        return vae_latent_space(vae).temporal_compression_ratio if vae is not None else None
 
     @property
     def guidance_scale(self) -> float:
@@ -181,15 +232,16 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         if transformer is None:
             return
         text_embed_dim = transformer.config.text_embed_dim
-        hidden_size = _text_hidden_size(text_encoder) if text_encoder is not None else None
+        hidden_size = text_hidden_size(text_encoder) if text_encoder is not None else None
         if hidden_size is not None and hidden_size != text_embed_dim:
             raise ValueError(
                 f"`text_encoder` produces {hidden_size}-d hidden states but `transformer.config.text_embed_dim` is "
                 f"{text_embed_dim}: use the text encoder the transformer was trained with."
             )
-        if vae is not None and vae.config.latent_channels != transformer.config.in_channels:
+        latent_channels = vae_latent_space(vae).latent_channels if vae is not None else None
+        if latent_channels is not None and latent_channels != transformer.config.in_channels:
             raise ValueError(
-                f"`vae.config.latent_channels` ({vae.config.latent_channels}) must equal "
+                f"The VAE's latent channels ({latent_channels}, {type(vae).__name__}) must equal "
                 f"`transformer.config.in_channels` ({transformer.config.in_channels})."
             )
 
@@ -343,11 +395,16 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
         # Tokenizers without a limit report a huge sentinel (int(1e30)); treat it as none.
         tokenizer_limit = tokenizer_limit if _is_int(tokenizer_limit) and tokenizer_limit < 1_000_000 else None
+        # Encoders with learned positions (BERT, CLIP) cannot read past them, whatever the tokenizer allows.
+        positions = getattr(getattr(self.text_encoder, "config", None), "max_position_embeddings", None)
+        if _is_int(positions):
+            tokenizer_limit = min(tokenizer_limit or positions, positions)
         if max_sequence_length is None:
             return min(DEFAULT_MAX_SEQUENCE_LENGTH, tokenizer_limit or DEFAULT_MAX_SEQUENCE_LENGTH)
         if tokenizer_limit is not None and max_sequence_length > tokenizer_limit:
             raise ValueError(
-                f"`max_sequence_length` ({max_sequence_length}) exceeds the tokenizer's limit ({tokenizer_limit})."
+                f"`max_sequence_length` ({max_sequence_length}) exceeds the tokenizer's limit ({tokenizer_limit}) "
+                "(the smaller of its `model_max_length` and the text encoder's `max_position_embeddings`)."
             )
         return max_sequence_length
 
@@ -474,21 +531,12 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
     # ------------------------------------------------------------------------------------------------ latents
 
     def _latents_statistics(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE's per-channel latent mean and std as (1, C, 1, 1, 1) tensors (0 and 1 when the config has none)."""
-        channels = self.vae.config.latent_channels
-        mean = self.vae.config.latents_mean
-        std = self.vae.config.latents_std
-        mean = torch.tensor(mean if mean is not None else [0.0] * channels, dtype=torch.float32)
-        std = torch.tensor(std if std is not None else [1.0] * channels, dtype=torch.float32)
-        if mean.numel() != channels or std.numel() != channels:
-            raise ValueError(
-                f"The VAE config's `latents_mean`/`latents_std` need {channels} values each, got {mean.numel()} and "
-                f"{std.numel()}."
-            )
-        return mean.view(1, channels, 1, 1, 1).to(device, dtype), std.view(1, channels, 1, 1, 1).to(device, dtype)
+        """The VAE's per-channel latent mean and std (divided by its scaling factor) as (1, C, 1, 1, 1) tensors."""
+        return vae_latent_space(self.vae).statistics(device, dtype)
 
     def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE latents -> the transformer's normalised space: `(z - mean) / std`."""
+        """VAE latents -> the transformer's normalised space: `(z - mean) / std` (std: the VAE's latent std divided
+        by its scaling factor; see `video_vae`)."""
         mean, std = self._latents_statistics(latents.device, latents.dtype)
         return (latents - mean) / std
 
@@ -579,6 +627,7 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         max_sequence_length: int | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
+        batched_guidance: bool = False,
     ) -> SpacetimeVideoPipelineOutput | tuple:
         r"""
         Generate videos from text.
@@ -631,6 +680,10 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
                 Mask for `prompt_embeds` (1 keep, 0 padding); all ones by default.
             negative_prompt_attention_mask (`torch.Tensor` of shape `(B, L')`, *optional*):
                 Mask for `negative_prompt_embeds`.
+            batched_guidance (`bool`, defaults to `False`):
+                With guidance, run the unconditional and conditional passes as one batch `[uncond, cond]` of twice
+                the size (one call per step, twice the activation memory; diffusers' FasterCache needs it) instead
+                of two calls. Same videos within float tolerance.
 
         Examples:
 
@@ -641,6 +694,8 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs)
+        if not isinstance(batched_guidance, bool):
+            raise ValueError(f"`batched_guidance` must be a bool, got {batched_guidance!r}.")
 
         # 1. Defaults from the checkpoint config, then validation
         height = self._config_default("height", height)
@@ -684,6 +739,7 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             max_sequence_length=max_sequence_length,
+            batched_guidance=batched_guidance,
         )
 
     def _generate(
@@ -709,6 +765,7 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         callback_on_step_end_tensor_inputs,
         max_sequence_length,
         condition_latents: torch.Tensor | None = None,
+        batched_guidance: bool = False,
     ):
         """The sampling loop shared by the pipelines, on validated inputs.
 
@@ -800,18 +857,37 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
                     "sigma": float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None,
                 }
 
-                with self.transformer.cache_context("cond", **cache_kwargs):
-                    noise_pred = self.transformer(
-                        hidden_states=latent_model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=prompt_embeds,
-                        encoder_attention_mask=prompt_attention_mask,
-                        attention_kwargs=attention_kwargs,
-                        return_dict=False,
-                    )[0].float()
+                guided = self.do_classifier_free_guidance and negative_prompt_embeds is not None
+                if guided and batched_guidance:
+                    # One call on [uncond, cond] (2B, ...), the order diffusers' FasterCache splits.
+                    text, text_mask = _concat_padded(
+                        (negative_prompt_embeds, negative_prompt_attention_mask),
+                        (prompt_embeds, prompt_attention_mask),
+                    )  # (2B, L_max, D), (2B, L_max)
+                    with self.transformer.cache_context("cond_uncond", **cache_kwargs):
+                        noise_both = self.transformer(
+                            hidden_states=torch.cat([latent_model_input] * 2),
+                            timestep=torch.cat([timestep] * 2),
+                            encoder_hidden_states=text,
+                            encoder_attention_mask=text_mask,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )[0].float()
+                    noise_uncond, noise_pred = noise_both.chunk(2)
+                    noise_pred = noise_uncond + self._guidance_scale * (noise_pred - noise_uncond)
+                else:
+                    with self.transformer.cache_context("cond", **cache_kwargs):
+                        noise_pred = self.transformer(
+                            hidden_states=latent_model_input,
+                            timestep=timestep,
+                            encoder_hidden_states=prompt_embeds,
+                            encoder_attention_mask=prompt_attention_mask,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )[0].float()
 
-                # Two calls rather than one doubled batch: see the module docstring.
-                if self.do_classifier_free_guidance and negative_prompt_embeds is not None:
+                # Two calls rather than one doubled batch by default: see the module docstring.
+                if guided and not batched_guidance:
                     with self.transformer.cache_context("uncond", **cache_kwargs):
                         noise_uncond = self.transformer(
                             hidden_states=latent_model_input,
@@ -857,7 +933,8 @@ class SpacetimeVideoPipeline(DiffusionPipeline, SpacetimeLoraLoaderMixin):
         """Decode normalised latents (B, C, F_latent, h, w) into videos of `output_type` ("np", "pt" or "pil")."""
         vae_device = get_module_execution_device(self.vae)
         latents = self.denormalize_latents(latents.to(device=vae_device, dtype=self.vae.dtype))
-        video = self.vae.decode(latents).sample  # (B, 3, F, H, W)
+        decode_kwargs = vae_decode_kwargs(self.vae, latents.shape[0], vae_device)
+        video = self.vae.decode(latents, **decode_kwargs).sample  # (B, 3, F, H, W)
         return self.video_processor.postprocess_video(video, output_type=output_type)
 
     def _config_default(self, name: str, value: int | None) -> int:

@@ -145,6 +145,59 @@ def test_text_positions_start_at_zero_and_make_word_order_count():
     assert difference.abs().max() > 1e-3
 
 
+def _text_path_model():
+    model = make_model(use_text_positional_embeddings=True, text_refiner_layers=2, use_pooled_text_modulation=True)
+    with torch.no_grad():  # trained (here: random) weights in place of the layers that start at zero
+        for name, parameter in model.named_parameters():
+            if name.startswith(("text_pos_embedding", "text_refiner", "text_pooling")) and not parameter.any():
+                parameter.normal_(std=0.2)
+    return model
+
+
+def test_text_refiner_and_pooling_start_as_identity():
+    hidden_states, timestep, text = make_inputs()
+    plain = make_model(use_text_positional_embeddings=True)
+    full = make_model(use_text_positional_embeddings=True, text_refiner_layers=2, use_pooled_text_modulation=True)
+    missing, unexpected = full.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and {name.split(".")[0] for name in missing} == {"text_refiner", "text_pooling"}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            full(hidden_states, timestep, text).sample, plain(hidden_states, timestep, text).sample
+        )
+        changed = _text_path_model()(hidden_states, timestep, text).sample
+    assert (changed - plain(hidden_states, timestep, text).sample).abs().max() > 1e-2
+
+
+def test_text_refiner_and_pooling_ignore_padding_and_see_word_order():
+    model = _text_path_model()
+    hidden_states, timestep, text = make_inputs()
+    mask = torch.ones(2, 5)
+    mask[1, 3:] = 0  # sample 1: 3 real tokens, then padding that is not shared with sample 0
+    noisy_padding = text.clone()
+    noisy_padding[1, 3:] = 100 * torch.randn(2, TEXT_DIM)
+    swapped = text[:, [1, 0, 2, 3, 4]]  # the same real tokens in another order
+    with torch.no_grad():
+        reference = model(hidden_states, timestep, text, mask).sample
+        torch.testing.assert_close(model(hidden_states, timestep, noisy_padding, mask).sample, reference)
+        reordered = model(hidden_states, timestep, swapped, mask).sample
+        # Per-frame timesteps: the pooled text reaches every frame's modulation.
+        per_frame = model(hidden_states, timestep[:, None].expand(-1, 3), text, mask).sample
+    assert (reordered - reference).abs().max() > 1e-3
+    torch.testing.assert_close(per_frame, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_text_path_options_survive_save_and_load(tmp_path):
+    model = _text_path_model()
+    model.save_pretrained(tmp_path)
+    loaded = SpacetimeDiTModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.text_refiner_layers == 2 and loaded.config.use_pooled_text_modulation
+    hidden_states, timestep, text = make_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(hidden_states, timestep, text).sample, model(hidden_states, timestep, text).sample
+        )
+
+
 def test_padded_text_tokens_do_not_change_output(model):
     hidden_states, timestep, text = make_inputs()
     mask = torch.ones(2, 5)
@@ -424,11 +477,12 @@ def test_caches_run_and_take_effect(config):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"attention_span": "window"}, "attention_span must be one of .* got 'window'"),
+        ({"attention_span": "tube"}, "attention_span must be one of .* got 'tube'"),
         ({"attention_head_dim": 15}, "attention_head_dim must be even"),
         ({"patch_size": (2, 2)}, "patch_size must be three positive ints"),
         ({"qk_norm": "layer_norm"}, "qk_norm must be one of"),
         ({"num_layers": 0}, "num_layers must be a positive int"),
+        ({"text_refiner_layers": -1}, "text_refiner_layers must be an int >= 0, got -1"),
     ],
 )
 def test_bad_configuration_raises(overrides, match):
@@ -436,7 +490,9 @@ def test_bad_configuration_raises(overrides, match):
         SpacetimeDiTModel(**{**CONFIG, **overrides})
 
 
-@pytest.mark.parametrize("flag", ["use_absolute_positional_embeddings", "use_text_positional_embeddings"])
+@pytest.mark.parametrize(
+    "flag", ["use_absolute_positional_embeddings", "use_text_positional_embeddings", "use_pooled_text_modulation"]
+)
 def test_position_embedding_flags_must_be_bool(flag):
     with pytest.raises(TypeError, match=f"{flag} must be a bool, got str"):
         SpacetimeDiTModel(**CONFIG, **{flag: "yes"})

@@ -22,13 +22,17 @@ def tiny_checkpoint(tmp_path_factory):
 def test_evaluate_writes_table_and_scores_ground_truth(tiny_checkpoint, tmp_path):
     args = evaluate.parse_args(
         ["--model", str(tiny_checkpoint / "pipe"), "--baseline_transformer", str(tiny_checkpoint / "frame"),
-         "--output_dir", str(tmp_path), "--num_seen", "2", "--num_held_out", "1", "--steps", "2"]
+         "--output_dir", str(tmp_path), "--num_seen", "2", "--num_held_out", "1", "--num_held_out_phrasing", "1",
+         "--steps", "2"]
     )  # fmt: skip
     report = evaluate.main(args)
     truth = report["summaries"]["ground truth (data)"]
     assert truth["seen"]["adherent_pct"] == 100 and truth["held_out"]["adherent_pct"] == 100
+    assert truth["held_out_phrasing"]["adherent_pct"] == 100
     assert set(report["summaries"]) == {"ground truth (data)", "spacetime", "per-frame"}
-    assert report["num_videos"] == 3 and len(report["videos"]["per-frame"]) == 3
+    assert report["num_videos"] == 4 and len(report["videos"]["per-frame"]) == 4
+    prompts = {video["prompt"] for video in report["videos"]["spacetime"]}
+    assert sum(1 for prompt in prompts if not _parses(prompt)) == 1  # the held-out phrasing: not the template
     assert {"synthetic_held_out", "mandelbrot", "life"} <= set(report["vae_psnr"])
     assert set(report["vae_detection"]) == {"color_correct_pct", "shape_correct_pct", "direction_correct_pct"}
     assert all(0 <= value <= 100 for value in report["vae_detection"].values())
@@ -38,6 +42,7 @@ def test_evaluate_writes_table_and_scores_ground_truth(tiny_checkpoint, tmp_path
     assert set(sensitivity["spacetime"]["rise_pct"]) == set(evaluate.CAPTION_VARIANTS)
     table = (tmp_path / "results.md").read_text()
     assert "| Adherence, held-out (%) | 100 |" in table and "reproduce:" in table
+    assert "| Adherence, held-out phrasings (%) | 100 |" in table
     assert "Detector on the VAE's reconstructions" in table
     assert "| direction reversed | " in table and "loss rise (%) with the caption changed" in table
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 2
@@ -45,11 +50,19 @@ def test_evaluate_writes_table_and_scores_ground_truth(tiny_checkpoint, tmp_path
     from PIL import Image
 
     shown = report["samples"]
-    assert len(shown) == 3 and shown[0]["rows"] == ["ground truth", "spacetime", "per-frame"]
+    assert len(shown) == 4 and shown[0]["rows"] == ["ground truth", "spacetime", "per-frame"]
     gif = Image.open(tmp_path / "samples" / f"{shown[0]['index']:02d}.gif")
     assert gif.n_frames == report["size"][0] and gif.size == (2 * (3 * 64 + 2 * 2), 2 * 64)
     strip = Image.open(tmp_path / "samples" / f"{shown[0]['index']:02d}.png")
     assert strip.size == (64 * ((report["size"][0] + 1) // 2), 3 * 64)
+
+
+def _parses(prompt: str) -> bool:
+    try:
+        evaluate.shapes.parse_caption(prompt)
+    except ValueError:
+        return False
+    return True
 
 
 def test_baseline_must_be_per_frame(tiny_checkpoint, tmp_path):

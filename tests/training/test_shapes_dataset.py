@@ -221,3 +221,48 @@ def test_bad_new_colors_are_rejected(restore_palette, name, rgb, rule):
 def test_bad_new_color_spec():
     with pytest.raises(ValueError, match="--new_color must look like"):
         shapes.parse_new_color("pink=240,100")
+
+
+class TestVariedCaptions:
+    """Free phrasings: the same attributes in other words, training and held-out words kept apart."""
+
+    def _captions(self, phrasing, draws=6):
+        rng = np.random.default_rng(0)
+        return [(c, shapes.varied_caption(c, rng, phrasing)) for c in shapes.combination_grid() for _ in range(draws)]
+
+    def test_canonical_is_the_template(self):
+        rng = np.random.default_rng(0)
+        for attributes in shapes.combination_grid()[:20]:
+            assert shapes.varied_caption(attributes, rng, "canonical") == shapes.caption(attributes)
+
+    def test_training_and_held_out_phrasings_never_meet(self):
+        train = {text for _, text in self._captions("train")}
+        held_out = {text for _, text in self._captions("held_out")}
+        assert len(train) > 3000 and len(held_out) > 3000 and not train & held_out
+        held_words = {w for group in (shapes.VERBS, shapes.GERUNDS, shapes.BOUNCE_SYNONYMS, shapes.OCCLUDER_SYNONYMS)
+                      for w in group[1]}  # fmt: skip
+        held_words |= {w for synonyms in shapes.DIRECTION_SYNONYMS.values() for w in synonyms[1]}
+        # A training caption never contains a held-out phrase (as whole words).
+        assert not any(f" {phrase} " in f" {text} " for text in train for phrase in held_words)
+
+    def test_every_caption_names_color_shape_and_direction_once(self):
+        for attributes, text in self._captions("train", 2) + self._captions("held_out", 2):
+            words = f" {text.lower().replace(',', '')} "
+            assert f" {attributes['color']} " in words and f" {attributes['shape']} " in words, text
+            named = [d for d, (train, held) in shapes.DIRECTION_SYNONYMS.items()
+                     if any(f" {phrase} " in words for phrase in train + held)]  # fmt: skip
+            assert named == [attributes["direction"]], text
+
+    def test_same_rng_state_gives_parallel_captions(self):
+        # The sign probe relies on it: the same draw with the direction reversed differs in the direction words only.
+        attributes = shapes.combination_grid()[5]
+        reversed_ = {**attributes, "direction": {"left_to_right": "right_to_left", "right_to_left": "left_to_right",
+                     "top_to_bottom": "bottom_to_top", "bottom_to_top": "top_to_bottom"}[attributes["direction"]]}  # fmt: skip
+        for seed in range(20):
+            one = shapes.varied_caption(attributes, np.random.default_rng(seed), "train").split()
+            two = shapes.varied_caption(reversed_, np.random.default_rng(seed), "train").split()
+            assert len(one) == len(two) and 1 <= sum(a != b for a, b in zip(one, two)) <= 2
+
+    def test_bad_phrasing(self):
+        with pytest.raises(ValueError, match="phrasing must be one of"):
+            shapes.varied_caption(shapes.combination_grid()[0], np.random.default_rng(0), "poetic")
