@@ -635,12 +635,16 @@ def generate_dataset(
     only_holdout: bool = False,
     crf: int = 10,
     pix_fmt: str = "yuv444p",
+    phrasing: str = "canonical",
 ) -> list[dict]:
     """Writes `num_clips` clips and their metadata; returns the ground-truth records.
 
     Clips cycle through the valid combinations (minus the hold-outs, or only them), reshuffled by the seed each
     cycle, so that every combination appears about equally often. Clip `i` depends only on (seed, i, the grid).
+    `phrasing` other than "canonical" words each caption with `varied_caption` (the records keep the attributes).
     """
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
     if num_clips < 1:
         raise ValueError(f"num_clips must be at least 1, got {num_clips}")
     if only_holdout and not holdouts:
@@ -660,7 +664,10 @@ def generate_dataset(
         )
         file_name = f"{index:05d}.mp4"
         write_mp4(output_dir / file_name, render_clip(spec), fps, crf=crf, pix_fmt=pix_fmt)
-        records.append(clip_record(file_name, spec))
+        record = clip_record(file_name, spec)
+        if phrasing != "canonical":  # the attributes stay in the record; only the caption is said otherwise
+            record["text"] = varied_caption(spec.attributes, np.random.default_rng([seed, index, 2]), phrasing)
+        records.append(record)
     # Metadata last, each through a temporary file, so a folder with metadata is a complete folder.
     _write_lines(output_dir / "metadata.jsonl", ({"file_name": r["file_name"], "text": r["text"]} for r in records))
     _write_lines(output_dir / "ground_truth.jsonl", records)
@@ -674,6 +681,7 @@ def generate_dataset(
         "fps": fps,
         "crf": crf,
         "pix_fmt": pix_fmt,
+        "phrasing": phrasing,
         "holdouts": list(holdouts),
         "only_holdout": only_holdout,
         "num_combinations": len(grid),
@@ -736,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout color=pink --only_holdout to write clips of that color only.",
     )
     parser.add_argument(
+        "--phrasing",
+        default="canonical",
+        choices=PHRASINGS,
+        help="Captions: the one template (canonical), free phrasings from the training sets (train), or phrasings "
+        "with held-out templates and words (held_out, for an evaluation set); see varied_caption.",
+    )
+    parser.add_argument(
         "--crf", type=int, default=10, help="x264 constant rate factor: 0 is lossless, 10 visually lossless."
     )
     parser.add_argument(
@@ -767,6 +782,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         only_holdout=args.only_holdout,
         crf=args.crf,
         pix_fmt=args.pix_fmt,
+        phrasing=args.phrasing,
     )
     print(
         f"Wrote {len(records)} clips to {args.output_dir} ({len(combination_grid(holdouts, args.only_holdout))} combinations)"

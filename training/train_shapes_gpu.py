@@ -327,7 +327,7 @@ def build_pool(pipe, specs, device, args) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(means), torch.cat(stds)
 
 
-def flow_matching_batch(pipe, latents, sigmas_table, args, generator, patch_frames):
+def flow_matching_batch(latents, sigmas_table, args, generator, patch_frames):
     """Noisy latents, per-frame timesteps, target and the mask of frames in the loss, for one batch."""
     batch_size, _, num_frames = latents.shape[:3]
     density = compute_density_for_timestep_sampling(
@@ -396,7 +396,7 @@ def load_transformers(args, device) -> dict[str, SpacetimeDiTModel]:
 
 
 @torch.no_grad()
-def generation_check(pipe, models, emas, specs, phrasings, args, device) -> dict:
+def generation_check(pipe, models, emas, phrasings, args, device) -> dict:
     """Generated videos (`--check_steps` steps, guidance 5, seed per prompt) of each EMA model, scored by the
     detector: the direction/adherence numbers of the run, measured where it ran."""
     results = {}
@@ -464,7 +464,7 @@ def train_dit(args, device, run: Run) -> dict:
         posterior_noise = torch.randn(means[index].shape, device=device, generator=generator)
         latents = pipe.normalize_latents(means[index].float() + stds[index].float() * posterior_noise)
         embeds, mask = captions.draw(pool_combination[index], generator)
-        noisy, timestep, target, keep = flow_matching_batch(pipe, latents, sigmas_table, args, generator, patch_frames)
+        noisy, timestep, target, keep = flow_matching_batch(latents, sigmas_table, args, generator, patch_frames)
         losses = {}
         for name in models:
             for group in optimizers[name].param_groups:
@@ -516,7 +516,7 @@ def train_dit(args, device, run: Run) -> dict:
         "held_out": (held, [s.caption for s in held]),
         "held_out_phrasing": (seen, [shapes.varied_caption(s.attributes, check_rng, "held_out") for s in seen]),
     }
-    results["generation_check"] = generation_check(pipe, models, emas, seen, phrasings, args, device)
+    results["generation_check"] = generation_check(pipe, models, emas, phrasings, args, device)
     run.log({"event": "generation_check", **results["generation_check"]})
     return results
 

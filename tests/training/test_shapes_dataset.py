@@ -266,3 +266,15 @@ class TestVariedCaptions:
     def test_bad_phrasing(self):
         with pytest.raises(ValueError, match="phrasing must be one of"):
             shapes.varied_caption(shapes.combination_grid()[0], np.random.default_rng(0), "poetic")
+
+
+def test_dataset_with_varied_phrasing(tmp_path):
+    records = shapes.generate_dataset(tmp_path, 3, seed=2, height=32, width=32, num_frames=5, phrasing="held_out")
+    metadata = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    for index, (record, row) in enumerate(zip(records, metadata)):
+        spec = shapes.clip_spec_from_record(record)
+        expected = shapes.varied_caption(spec.attributes, np.random.default_rng([2, index, 2]), "held_out")
+        assert row["text"] == record["text"] == expected != spec.caption
+    assert json.loads((tmp_path / "dataset_info.json").read_text())["phrasing"] == "held_out"
+    with pytest.raises(ValueError, match="phrasing must be one of"):
+        shapes.generate_dataset(tmp_path / "bad", 1, phrasing="poetic")
