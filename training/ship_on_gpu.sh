@@ -5,8 +5,8 @@
 # (spacetime and per-frame, in lockstep). Clips are rendered on the GPU and MiniLM comes from the checkpoint, so no
 # data travels. The run folder (fp16 weights, logs, results) comes back as $OUT/run.tar.part* (the device returns at
 # most 8 files of at most 16 MiB each); a stage cut short still leaves its last saved weights in it. Here:
-#   bash training/prepare_gpu_run.sh            # wheels, and the shipped transformers set aside (tree <= 64 MiB)
-#   run(command="bash training/ship_on_gpu.sh", carry=[".whl"], timeout_s=560)
+#   bash training/prepare_gpu_run.sh     # wheels, slim text encoder; shipped weights set aside (tree <= 64 MiB)
+#   run(command="bash training/ship_on_gpu.sh", carry=[".whl", ".gpu_text_encoder"], timeout_s=560)
 #   bash training/prepare_gpu_run.sh restore    # then: cat <files_at>/run.tar.part* | tar -x -C runs/gpu
 # Knobs: STAGES ("vae dit"), VAE_TIME, DIT_TIME (seconds of training each), INIT_FROM (a returned run folder, carried:
 # continue from its weights). CPU dry run at toy sizes (the test suite runs it): DRY_RUN=1 OUT=/tmp/x bash ...
@@ -35,6 +35,8 @@ else
   dit_args="--max_train_time ${DIT_TIME:-300} --compile"
 fi
 init=${INIT_FROM:+--init_from $INIT_FROM}
+# The slim text encoder of prepare_gpu_run.sh where it travelled (the full one is set aside to fit the device).
+[ -d .gpu_text_encoder ] && dit_args="$dit_args --text_encoder .gpu_text_encoder"
 declare -A pids
 for stage in $STAGES; do
   args_var="${stage}_args"

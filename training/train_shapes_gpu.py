@@ -47,6 +47,7 @@ from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel, Space
 from training import make_shapes_dataset as shapes
 from training.checkpointing import save_folder_atomically
 from training.shapes_render import draw_specs, render_specs
+from training.slim_text_encoder import check_vocabulary, load_slim
 from training.train_autoencoder import color_augmentation, saturation_weights
 from training.train_text_to_video import condition_mask
 
@@ -69,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--transformer_config",
         default=str(REPO / "training" / "configs" / "dit_shapes_text.json"),
         help="JSON config of the transformers (attention_span is set per model).",
+    )
+    parser.add_argument(
+        "--text_encoder",
+        default=None,
+        help="dit: a slim text encoder folder (training/slim_text_encoder.py) instead of the base model's: the same "
+        "states for every caption the run encodes, in half the size that the device has to carry.",
     )
     parser.add_argument(
         "--init_from", default=None, help="A previous run's output_dir: continue from its returned weights."
@@ -302,6 +309,7 @@ class CaptionBank:
 
 def encode_text(pipe, texts: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
     """The pipeline's own text path at a fixed length: (B, L, D) float32, (B, L)."""
+    check_vocabulary(pipe.tokenizer, pipe.text_encoder, texts)
     with torch.no_grad():
         embeds, mask, _, _ = pipe.encode_prompt(
             texts,
@@ -406,6 +414,7 @@ def generation_check(pipe, models, emas, phrasings, args, device) -> dict:
         check = SpacetimeVideoPipeline.from_pipe(pipe, transformer=shipped.eval())
         check.set_progress_bar_config(disable=True)
         for phrasing, (subset, texts) in phrasings.items():
+            check_vocabulary(check.tokenizer, check.text_encoder, texts)
             frames = check(texts, num_inference_steps=args.check_steps, guidance_scale=5.0, output_type="np",
                            generator=[torch.Generator(device).manual_seed(i) for i in range(len(texts))]).frames  # fmt: skip
             rows = [evaluation.evaluate_video(f, s.attributes, shapes.PALETTE) for f, s in zip(frames, subset)]
@@ -417,8 +426,9 @@ def generation_check(pipe, models, emas, phrasings, args, device) -> dict:
 
 def train_dit(args, device, run: Run) -> dict:
     # The text and latent side only: the transformers are the ones trained here.
+    text = dict(zip(("text_encoder", "tokenizer"), load_slim(args.text_encoder))) if args.text_encoder else {}
     pipe = SpacetimeVideoPipeline.from_pretrained(
-        args.base_model, transformer=None, dtype=torch.float32, use_safetensors=True
+        args.base_model, transformer=None, **text, dtype=torch.float32, use_safetensors=True
     ).to(device)
     if args.init_from and (Path(args.init_from) / "vae").is_dir():
         # The decoder may have been tuned; the encoder, and so the latents, are the same.

@@ -83,3 +83,22 @@ def test_bad_arguments(tmp_path):
         train_shapes_gpu.parse_args(
             ["--stage", "dit", "--output_dir", str(tmp_path), "--init_from", str(tmp_path), "--max_train_time", "9"]
         )
+
+
+def test_slim_text_encoder_matches_the_full_one_and_refuses_other_words(tmp_path):
+    from transformers import AutoModel
+
+    from training.slim_text_encoder import check_vocabulary, load_slim, shapes_texts, write_slim
+
+    base = REPO / "checkpoints" / "spacetime-shapes"
+    kept = write_slim(base, tmp_path, shapes_texts(draws=4))
+    encoder, tokenizer = load_slim(tmp_path)
+    full = AutoModel.from_pretrained(base / "text_encoder", dtype=torch.float32).eval()
+    texts = shapes_texts(draws=1, seed=7)[::7]  # other draws than the ones it was cut for
+    check_vocabulary(tokenizer, encoder, texts)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(**batch).last_hidden_state, full(**batch).last_hidden_state)
+    assert kept < 200 and sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 24 * 2**20
+    with pytest.raises(ValueError, match=r"uses tokens \['zebra'\] that the slim text encoder does not keep"):
+        check_vocabulary(tokenizer, encoder, ["a purple zebra moves to the right"])
