@@ -417,7 +417,7 @@ def main(args: argparse.Namespace) -> dict:
         for batch in loader:
             skipped_files.update(batch["skipped"])
             generator = checkpointing.step_generator(
-                args.seed, micro_step, accelerator.process_index, accelerator.device
+                args.seed, micro_step, accelerator.process_index, accelerator.device, accelerator.num_processes
             )
             micro_step += 1
             adversarial = discriminator is not None and global_step >= args.adversarial_start_step

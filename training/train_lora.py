@@ -548,7 +548,16 @@ def main(args: argparse.Namespace) -> dict:
         loader.set_epoch(epoch)  # a resumed (or skipping) loader counts epochs from 0: give it the real one
         for batch in loader:
             skipped_files.update(batch["skipped"])
-            generator = checkpointing.step_generator(args.seed, micro_step, accelerator.process_index, device)
+            generator = checkpointing.step_generator(
+                args.seed, micro_step, accelerator.process_index, device, accelerator.num_processes
+            )
+            # LoRA dropout draws from the global RNG: key it on the micro-batch too, so that any process count
+            # (and a resumed run) draws the same masks for the same batch
+            torch.manual_seed(
+                checkpointing.micro_batch_seed(
+                    args.seed, micro_step, accelerator.process_index, accelerator.num_processes, stream=1
+                )
+            )
             micro_step += 1
             with accelerator.accumulate(transformer):
                 latents, prompt_embeds, prompt_mask = encode_batch(batch, pipe, args, generator, device, weight_dtype)

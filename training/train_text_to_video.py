@@ -14,8 +14,8 @@ With `--condition_frames_prob p --max_condition_frames k`, a sample is, with pro
 1..k latent frames: they stay clean (noise level 0) and get timestep 0 in a per-frame timestep (B, F_latent), and
 the loss covers only the other frames. This teaches the same weights image-to-video and continuation. Off by default.
 
-Every random number of a micro-step comes from a generator seeded by (seed, micro-step, process), so a resumed run
-reproduces the uninterrupted run's losses. At the end the script writes `output_dir/pipeline`, a complete
+Every random number of a micro-step comes from a generator seeded by (seed, global micro-batch), so a resumed run
+reproduces the uninterrupted run's losses and P processes train what one process with P times the accumulation does. At the end the script writes `output_dir/pipeline`, a complete
 `SpacetimeVideoPipeline` folder (EMA weights with `--use_ema`) whose default size is the trained size.
 """
 
@@ -38,7 +38,7 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 from diffusers.utils import export_to_video
@@ -281,6 +281,22 @@ def add_position_embeddings(transformer: SpacetimeDiTModel, **flags: bool) -> Sp
     missing, unexpected = extended.load_state_dict(transformer.state_dict(), strict=False)
     assert not unexpected and all("pos_embedding." in key for key in missing), (missing, unexpected)
     return extended
+
+
+def check_parallelism(args: argparse.Namespace, accelerator) -> None:
+    """Refuses what would go wrong across processes without an error: FSDP asked for but not run, EMA under FSDP."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+        accelerator.distributed_type != DistributedType.FSDP
+    ):
+        raise ValueError(
+            f"The accelerate config asks for FSDP, but accelerate runs {accelerator.distributed_type.value} here: it "
+            "enables FSDP on GPUs only and otherwise trains unsharded. On CPU use cpu_2proc.yaml (DDP)"
+        )
+    if args.use_ema and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "--use_ema is not supported under FSDP: the EMA copy is an unsharded float32 transformer on every "
+            "process. Drop --use_ema, or train with DDP (multi_gpu_ddp.yaml)"
+        )
 
 
 def load_components(args: argparse.Namespace):
@@ -594,9 +610,14 @@ def stream_batches(args, accelerator, start_batch: int):
 # 4. Validation videos
 @torch.no_grad()
 def log_validation(args, accelerator, pipeline: SpacetimeVideoPipeline, prompts: list[str], step: int) -> list[str]:
-    """Renders each prompt to output_dir/validation/step-<step>/<i>.mp4; logs frame strips to tensorboard."""
+    """Renders each prompt to output_dir/validation/step-<step>/<i>.mp4; logs frame strips to tensorboard.
+
+    Under FSDP every process calls it (a sharded forward gathers weights from all of them); the main process writes.
+    """
     folder = Path(args.output_dir) / "validation" / f"step-{step}"
-    folder.mkdir(parents=True, exist_ok=True)
+    write = accelerator.is_main_process
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
     pipeline.set_progress_bar_config(disable=True)
     paths, strips = [], []
     for index, prompt in enumerate(prompts):
@@ -624,9 +645,12 @@ def log_validation(args, accelerator, pipeline: SpacetimeVideoPipeline, prompts:
             output_type="np",
         ).frames[0]  # (F, H, W, 3) in [0, 1]
         path = folder / f"{index:02d}.mp4"
-        export_to_video(list(video), str(path), fps=8)
+        if write:
+            export_to_video(list(video), str(path), fps=8)
         paths.append(str(path))
         strips.append(np.concatenate(list(video), axis=1))  # (H, F*W, 3)
+    if not write:
+        return paths
     (folder / "prompts.json").write_text(json.dumps(prompts, indent=2))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -646,6 +670,7 @@ def main(args: argparse.Namespace) -> dict:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_parallelism(args, accelerator)
     set_seed(args.seed)
     # Subnormal floats in freshly initialised models made the first CPU steps of vae_tiny 10-40x slower; flushing
     # them to zero changes nothing a training run can see (the CPU flag; a no-op elsewhere).
@@ -780,7 +805,7 @@ def main(args: argparse.Namespace) -> dict:
         for batch in loader:
             skipped_files.update(batch["skipped"])
             generator = checkpointing.step_generator(
-                args.seed, micro_step, accelerator.process_index, accelerator.device
+                args.seed, micro_step, accelerator.process_index, accelerator.device, accelerator.num_processes
             )
             micro_step += 1
             with accelerator.accumulate(transformer):
@@ -848,7 +873,8 @@ def main(args: argparse.Namespace) -> dict:
                     accelerator, output_dir, global_step, args.checkpoints_total_limit, epoch=epoch
                 )
             if prompts and global_step % args.validation_steps == 0 and global_step < max_train_steps:
-                if accelerator.is_main_process:
+                # A sharded transformer (FSDP) runs only when every process runs it: all of them render then
+                if accelerator.is_main_process or accelerator.distributed_type == DistributedType.FSDP:
                     validation_videos = run_validation(global_step)
                 accelerator.wait_for_everyone()
             if global_step >= max_train_steps:

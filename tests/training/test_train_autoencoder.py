@@ -1,6 +1,12 @@
 """train_autoencoder.py in-process on generated clips: a few steps, the saved VAE, its latent statistics, NaN stop."""
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +15,8 @@ from diffusers_spacetime import AutoencoderKLSpacetime
 from training import checkpointing, train_autoencoder
 
 from .conftest import HEIGHT, WIDTH
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _args(data_dir, output_dir, *extra):
@@ -130,3 +138,64 @@ def test_decoder_only_and_color_augmentation_flags_are_checked(shapes_dir, tmp_p
         _args(shapes_dir, tmp_path, "--train_decoder_only")
     with pytest.raises(ValueError, match="--color_augmentation must be a probability"):
         _args(shapes_dir, tmp_path, "--color_augmentation", "1.5")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch_two_processes(output_dir, *extra):
+    """train_autoencoder.py under `accelerate launch` with cpu_2proc.yaml (2 processes, gloo)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+        str(REPO / "training" / "train_autoencoder.py"), "--output_dir", str(output_dir), "--num_frames", "5",
+        "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--lr_warmup_steps", "0",
+        "--num_validation_clips", "2", "--stats_num_samples", "4", "--report_to", "none", *extra,
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "x 2 processes" in completed.stderr
+
+
+def test_two_process_accelerate_launch(shapes_dir, tmp_path):
+    """DDP: 2 processes x batch 2 == 1 process x batch 2 x accumulation 2 (losses, weights); kill + resume."""
+    from safetensors.torch import load_file
+
+    # 8 training clips (4 held out): whole global batches of 4, so no process pads its epoch with repeated clips
+    common = ["--data_dir", str(shapes_dir), "--max_train_steps", "4", "--checkpointing_steps", "2",
+              "--learning_rate", "1e-3", "--num_validation_clips", "4"]  # fmt: skip
+    two = tmp_path / "two"
+    _launch_two_processes(two, *common)
+    assert sorted(path.name for path in (two / "checkpoint-2").glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    rows = checkpointing.read_train_log(two)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    one = train_autoencoder.main(
+        _args(shapes_dir, tmp_path / "one", *common[2:], "--gradient_accumulation_steps", "2")
+    )
+    assert [row["loss"] for row in rows] == pytest.approx(one["losses"], rel=1e-5)
+
+    def assert_same_vae(folder, expected_folder, rtol):
+        expected = load_file(str(expected_folder / "vae" / "diffusion_pytorch_model.safetensors"))
+        actual = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+        assert sorted(actual) == sorted(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(actual[key], value, rtol=rtol, atol=1e-6, msg=key)
+
+    assert_same_vae(two, tmp_path / "one", rtol=1e-5)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
+    (resumed / ".tmp-checkpoint-4").mkdir()  # what a kill during a save leaves behind
+    _launch_two_processes(resumed, *common, "--resume_from_checkpoint", "latest")
+    assert [row["loss"] for row in checkpointing.read_train_log(resumed)] == pytest.approx(
+        [row["loss"] for row in rows[2:]], rel=1e-6
+    )
+    assert_same_vae(resumed, two, rtol=1e-6)

@@ -231,24 +231,51 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_two_process_accelerate_launch(shapes_dir, base_dir, tmp_path):
-    # DDP: the checkpoint hooks save the adapter once (main process) and every process its RNG state.
+def _launch_two_processes(base, output_dir, *extra):
+    """train_lora.py under `accelerate launch` with cpu_2proc.yaml (2 processes, gloo)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_lora.py"), "--pretrained_model_name_or_path", str(base_dir),
-        "--data_dir", str(shapes_dir), "--output_dir", str(tmp_path), "--num_frames", str(NUM_FRAMES),
+        str(REPO / "training" / "train_lora.py"), "--pretrained_model_name_or_path", str(base),
+        "--output_dir", str(output_dir), "--num_frames", str(NUM_FRAMES),
         "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--rank", "4",
-        "--max_train_steps", "2", "--checkpointing_steps", "2", "--num_eval_clips", "1", "--report_to", "none",
-        "--validation_prompt",
+        "--report_to", "none", *extra,
     ]  # fmt: skip
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "x 2 processes" in completed.stderr
-    files = sorted(path.name for path in (tmp_path / "checkpoint-2").iterdir())
+    return completed
+
+
+def test_two_process_accelerate_launch(shapes_dir, base_dir, tmp_path):
+    # DDP: the checkpoint hooks save the adapter once (main process) and every process its RNG state; 2 processes x
+    # batch 2 train the adapter that 1 process x batch 2 x accumulation 2 trains; a killed run resumes exactly.
+    common = ["--data_dir", str(shapes_dir), "--max_train_steps", "4", "--checkpointing_steps", "2",
+              "--learning_rate", "1e-3", "--lora_dropout", "0.2", "--caption_dropout", "0.3", "--num_eval_clips", "1",
+              "--validation_prompt"]  # fmt: skip
+    two = tmp_path / "two"
+    _launch_two_processes(base_dir, two, *common)
+    files = sorted(path.name for path in (two / "checkpoint-2").iterdir())
     assert files == ["optimizer.bin", "pytorch_lora_weights.safetensors", "random_states_0.pkl",
                      "random_states_1.pkl", "scheduler.bin", "training_state.json"]  # fmt: skip
-    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["eval_loss_before"] is not None and (tmp_path / "lora" / "README.md").exists()
+    rows = checkpointing.read_train_log(two)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    results = json.loads((two / "results.json").read_text())
+    assert results["eval_loss_before"] is not None and (two / "lora" / "README.md").exists()
+
+    one = train_lora.main(
+        _args(shapes_dir, base_dir, tmp_path / "one", *common[2:], "--gradient_accumulation_steps", "2")
+    )
+    assert [row["loss"] for row in rows] == pytest.approx(one["losses"], rel=1e-5)
+    assert_same_adapter(two / "lora", tmp_path / "one" / "lora")
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
+    (resumed / ".tmp-checkpoint-4").mkdir()  # what a kill during a save leaves behind
+    _launch_two_processes(base_dir, resumed, *common, "--resume_from_checkpoint", "latest")
+    assert [row["loss"] for row in checkpointing.read_train_log(resumed)] == pytest.approx(
+        [row["loss"] for row in rows[2:]], rel=1e-6
+    )
+    assert_same_adapter(resumed / "lora", two / "lora")

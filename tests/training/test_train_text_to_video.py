@@ -227,25 +227,62 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_two_process_accelerate_launch(shapes_dir, tmp_path):
+def _launch_two_processes(output_dir, *extra):
+    """train_text_to_video.py under `accelerate launch` with cpu_2proc.yaml (2 processes, gloo)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_text_to_video.py"), "--data_dir", str(shapes_dir), "--output_dir", str(tmp_path),
+        str(REPO / "training" / "train_text_to_video.py"), "--output_dir", str(output_dir),
         "--num_frames", str(NUM_FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2",
-        "--max_train_steps", "2", "--checkpointing_steps", "2", "--vae_config", TINY_VAE, "--report_to", "none",
-        "--validation_prompts",
+        "--lr_warmup_steps", "1", "--report_to", "none", *extra,
     ]  # fmt: skip
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "x 2 processes" in completed.stderr
-    assert sorted(path.name for path in (tmp_path / "checkpoint-2").glob("random_states_*")) == [
+    return completed
+
+
+def test_two_process_accelerate_launch(shapes_dir, tmp_path):
+    """DDP: 2 processes x batch 2 == 1 process x batch 2 x accumulation 2 (losses, final weights); kill + resume."""
+    common = ["--data_dir", str(shapes_dir), "--vae_config", TINY_VAE, "--max_train_steps", "4",
+              "--checkpointing_steps", "2", "--use_ema", "--caption_dropout", "0.3", "--validation_prompts"]  # fmt: skip
+    _launch_two_processes(tmp_path / "two", *common)
+    two = tmp_path / "two"
+    assert sorted(path.name for path in (two / "checkpoint-2").glob("random_states_*")) == [
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
-    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2]  # only the main process writes
-    assert (tmp_path / "pipeline" / "model_index.json").exists()
+    rows = checkpointing.read_train_log(two)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]  # only the main process writes
+    assert (two / "pipeline" / "model_index.json").exists()
+
+    one = train_text_to_video.main(
+        _args(shapes_dir, tmp_path / "one", *common[2:], "--gradient_accumulation_steps", "2")
+    )
+    assert [row["loss"] for row in rows] == pytest.approx(one["losses"], rel=1e-5)
+    assert_same_weights(two / "pipeline" / "transformer", tmp_path / "one" / "pipeline" / "transformer")
+
+    # Killed after checkpoint-2 (a half-written checkpoint-4 left behind): the resumed 2-process run continues exactly
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
+    (resumed / ".tmp-checkpoint-4").mkdir()
+    _launch_two_processes(resumed, *common, "--resume_from_checkpoint", "latest")
+    assert [row["loss"] for row in checkpointing.read_train_log(resumed)] == pytest.approx(
+        [row["loss"] for row in rows[2:]], rel=1e-6
+    )
+    assert_same_weights(resumed / "pipeline" / "transformer", two / "pipeline" / "transformer", rtol=1e-6)
+
+
+def assert_same_weights(folder, expected_folder, rtol=1e-5) -> None:
+    from safetensors.torch import load_file
+
+    expected = load_file(str(next(Path(expected_folder).glob("*.safetensors"))))
+    actual = load_file(str(next(Path(folder).glob("*.safetensors"))))
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=rtol, atol=1e-6, msg=key)
 
 
 @pytest.mark.slow
@@ -275,3 +312,29 @@ def test_short_real_run_learns(tmp_path):
     )  # fmt: skip
     for losses in (vae["losses"], dit["losses"]):
         assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_fsdp_config_on_cpu_and_ema_under_fsdp_are_refused(shapes_dir, tmp_path):
+    # accelerate 1.16 enables FSDP on GPUs only: launched on CPU with fsdp.yaml it would train plain DDP unnoticed.
+    import yaml
+
+    config = yaml.safe_load((REPO / "training" / "accelerate" / "fsdp.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1")
+    config.pop("gpu_ids")
+    config_file = tmp_path / "fsdp_cpu.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+        "--main_process_port", str(_free_port()), str(REPO / "training" / "train_text_to_video.py"),
+        "--data_dir", str(shapes_dir), "--output_dir", str(tmp_path / "run"), "--vae_config", TINY_VAE,
+        "--max_train_steps", "1", "--report_to", "none", "--validation_prompts",
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    assert "asks for FSDP, but accelerate runs MULTI_CPU" in completed.stderr
+
+    fsdp = SimpleNamespace(distributed_type=train_text_to_video.DistributedType.FSDP)
+    with pytest.raises(ValueError, match="--use_ema is not supported under FSDP"):
+        train_text_to_video.check_parallelism(_args(shapes_dir, tmp_path, "--vae_config", TINY_VAE, "--use_ema"), fsdp)
+    train_text_to_video.check_parallelism(_args(shapes_dir, tmp_path, "--vae_config", TINY_VAE), fsdp)
