@@ -41,30 +41,12 @@ def save_text_encoder(kind: str, folder: Path, seed: int = 0) -> Path:
     tokenizer = minilm_tokenizer()
     vocab = tokenizer.vocab_size
     torch.manual_seed(seed)
+    t5_sizes = {"vocab_size": vocab, "d_model": TEXT_DIM, "d_kv": 8, "d_ff": 37, "num_layers": 1, "num_heads": 2,
+                "decoder_start_token_id": 0}  # fmt: skip
     if kind == "t5":
-        model = T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=vocab,
-                d_model=TEXT_DIM,
-                d_kv=8,
-                d_ff=37,
-                num_layers=1,
-                num_heads=2,
-                decoder_start_token_id=0,
-            )
-        )
+        model = T5ForConditionalGeneration(T5Config(**t5_sizes))
     elif kind == "umt5":
-        model = UMT5Model(
-            UMT5Config(
-                vocab_size=vocab,
-                d_model=TEXT_DIM,
-                d_kv=8,
-                d_ff=37,
-                num_layers=1,
-                num_heads=2,
-                decoder_start_token_id=0,
-            )
-        )
+        model = UMT5Model(UMT5Config(**t5_sizes))
     elif kind == "clip":
         text = {"vocab_size": vocab, "hidden_size": TEXT_DIM, "intermediate_size": 37, "num_hidden_layers": 1,
                 "num_attention_heads": 2, "max_position_embeddings": CLIP_POSITIONS}  # fmt: skip

@@ -234,8 +234,7 @@ def vae_detection(vae, combinations, height, width, num_frames) -> dict:
 
 
 CAPTION_VARIANTS = {
-    "direction reversed": {"left_to_right": "right_to_left", "right_to_left": "left_to_right",
-                           "top_to_bottom": "bottom_to_top", "bottom_to_top": "top_to_bottom"},
+    "direction reversed": shapes.REVERSED_DIRECTIONS,
     "direction turned 90 degrees": {"left_to_right": "top_to_bottom", "top_to_bottom": "left_to_right",
                                     "right_to_left": "bottom_to_top", "bottom_to_top": "right_to_left"},
     "color changed": None,  # the next palette color
@@ -376,7 +375,7 @@ def main(args: argparse.Namespace) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     for spec in args.new_color:
         shapes.add_color(*shapes.parse_new_color(spec))
-    holdouts = shapes.parse_holdouts(args.holdout or ["red,circle,left_to_right", "blue,triangle,top_to_bottom"])
+    holdouts = shapes.parse_holdouts(args.holdout or list(shapes.SHIPPED_HOLDOUTS))
     pipe = SpacetimeVideoPipeline.from_pretrained(args.model, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     if args.lora_weights:

@@ -65,6 +65,8 @@ DIRECTIONS = {
     "top_to_bottom": (0, 1),
     "bottom_to_top": (0, -1),
 }
+REVERSED_DIRECTIONS = {"left_to_right": "right_to_left", "right_to_left": "left_to_right",
+                       "top_to_bottom": "bottom_to_top", "bottom_to_top": "top_to_bottom"}  # fmt: skip
 DIRECTION_PHRASES = {
     "left_to_right": "from left to right",
     "right_to_left": "from right to left",
@@ -118,6 +120,8 @@ ATTRIBUTES = {
     "occluder": OCCLUDERS,
     "background": BACKGROUNDS,
 }
+# The combinations the shipped model never saw in training: its held-out evaluation.
+SHIPPED_HOLDOUTS = ("red,circle,left_to_right", "blue,triangle,top_to_bottom")
 VALUE_TO_ATTRIBUTE = {value: name for name, values in ATTRIBUTES.items() for value in values}
 assert len(VALUE_TO_ATTRIBUTE) == sum(len(values) for values in ATTRIBUTES.values()), "attribute values must be unique"
 

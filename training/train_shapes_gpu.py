@@ -46,6 +46,7 @@ from diffusers.training_utils import EMAModel, compute_density_for_timestep_samp
 from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel, SpacetimeVideoPipeline, evaluation
 from training import make_shapes_dataset as shapes
 from training.checkpointing import save_folder_atomically
+from training.evaluate import psnr
 from training.shapes_render import draw_specs, render_specs
 from training.slim_text_encoder import check_vocabulary, load_slim
 from training.train_autoencoder import color_augmentation, saturation_weights
@@ -53,8 +54,6 @@ from training.train_text_to_video import condition_mask
 
 REPO = Path(__file__).resolve().parents[1]
 SPANS = ("spacetime", "frame")
-REVERSED = {"left_to_right": "right_to_left", "right_to_left": "left_to_right",
-            "top_to_bottom": "bottom_to_top", "bottom_to_top": "top_to_bottom"}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -193,7 +192,7 @@ class Run:
 
 
 def holdouts(args):
-    return shapes.parse_holdouts(args.holdout or ["red,circle,left_to_right", "blue,triangle,top_to_bottom"])
+    return shapes.parse_holdouts(args.holdout or list(shapes.SHIPPED_HOLDOUTS))
 
 
 def detector_scores(frames: np.ndarray, specs) -> dict:
@@ -218,8 +217,7 @@ def vae_measure(vae, specs, device, args) -> dict:
             [vae.decode(vae.encode(part).latent_dist.mode()).sample.float() for part in video.split(16)]
         )
     truth, rec = to_uint8(video), to_uint8(decoded)
-    mse = ((truth.astype(np.float64) - rec.astype(np.float64)) ** 2).reshape(len(truth), -1).mean(1)
-    return {"psnr_db": round(float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)))), 2),
+    return {"psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(truth, rec)])), 2),
             **detector_scores(rec, specs)}  # fmt: skip
 
 
@@ -366,7 +364,7 @@ def probe_captions(specs, phrasing: str, seed: int) -> tuple[list[str], list[str
     for index, spec in enumerate(specs):
         attributes = spec.attributes
         own.append(shapes.varied_caption(attributes, np.random.default_rng([seed, index]), phrasing))
-        flipped = {**attributes, "direction": REVERSED[attributes["direction"]]}
+        flipped = {**attributes, "direction": shapes.REVERSED_DIRECTIONS[attributes["direction"]]}
         reverse.append(shapes.varied_caption(flipped, np.random.default_rng([seed, index]), phrasing))
     return own, reverse
 

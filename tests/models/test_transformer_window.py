@@ -9,24 +9,10 @@ import torch
 
 from diffusers_spacetime import SpacetimeDiTModel
 from diffusers_spacetime.models.transformer_spacetime import SpacetimeAttentionWindow, _window_keep
+from tests.models.test_transformer_spacetime import CONFIG, TEXT_DIM, make_model
 
-TEXT_DIM = 32
-CONFIG = {
-    "in_channels": 4,
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 2,
-    "attention_head_dim": 16,
-    "num_layers": 2,
-    "ffn_dim": 64,
-    "text_embed_dim": TEXT_DIM,
-}
 # Latent (F, H, W) = (7, 10, 12) -> a (7, 5, 6) patch grid.
 NUM_FRAMES, HEIGHT, WIDTH = 7, 10, 12
-
-
-def make_model(**overrides) -> SpacetimeDiTModel:
-    torch.manual_seed(0)
-    return SpacetimeDiTModel(**{**CONFIG, **overrides}).eval()
 
 
 def make_inputs(batch_size=2, num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, seed=1):
