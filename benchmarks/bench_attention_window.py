@@ -19,22 +19,11 @@ Usage:
 """
 
 import argparse
-import sys
-import traceback
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transformer import (  # noqa: E402 - the sibling script's presets and timing, one definition of each
-    DTYPES,
-    PRESETS,
-    build_models,
-    device_name,
-    make_inputs,
-    num_tokens,
-    time_interleaved,
-)
+from bench_transformer import PRESETS, build_models, make_inputs, num_tokens  # the same models at the same sizes
+from measure import DTYPES, device_name, time_interleaved_or_alone
+from report import add_device_arguments, device_defaults, parse_sizes, write_text
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Variants
@@ -94,8 +83,7 @@ def spacetime_variants(spacetime, windows) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Where to run.")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: fp32 on CPU, bf16 on CUDA.")
+    add_device_arguments(parser)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="Model dimensions.")
     parser.add_argument("--cases", nargs="+", default=None, help="Latent sizes FxHxW (default: 4, 8, 16 x 32x32).")
     parser.add_argument(
@@ -111,30 +99,20 @@ def parse_args(argv=None):
     parser.add_argument("--no-wan", action="store_true", help="Skip diffusers' Wan reference row.")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--output", default=None, help="Write the Markdown table here.")
-    args = parser.parse_args(argv)
-    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    args = device_defaults(parser.parse_args(argv))
     try:
         args.windows = [parse_window(text) for text in args.windows]
-        args.cases = (
-            [tuple(int(size) for size in case.lower().split("x")) for case in args.cases] if args.cases else CPU_CASES
-        )
+        args.cases = parse_sizes(args.cases) if args.cases else CPU_CASES
     except ValueError as error:
         parser.error(str(error))
     return args
 
 
-def main(args) -> str:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device visible")
-    device, dtype, preset = args.device, DTYPES[args.dtype], PRESETS[args.preset]
-    print(f"device: {device_name(device)}", flush=True)
-
-    reference = build_models(preset, dtype, device)
-    variants = spacetime_variants(reference["Spacetime"], args.windows)
+def models_to_compare(args) -> dict:
+    """name -> (model, window): diffusers' Wan (unless --no-wan) and the Spacetime variants, set up for inference."""
+    reference = build_models(PRESETS[args.preset], DTYPES[args.dtype], args.device)
     models = {} if args.no_wan else {"Wan (diffusers)": (reference["Wan"], (None, None, None))}
-    models.update(variants)
+    models.update(spacetime_variants(reference["Spacetime"], args.windows))
     for name, (model, _) in models.items():
         # Every model names its backend: diffusers 0.42 makes the last one set process-wide for the others.
         windowed = name.startswith("window")
@@ -142,42 +120,35 @@ def main(args) -> str:
         model.eval()
         if args.compile:
             model.compile_repeated_blocks(fullgraph=True)
+    return models
 
-    rows = []
-    for case in args.cases:
-        latents, timestep, text, _ = make_inputs(preset, case, dtype, device)
-        tokens = num_tokens(preset, case)
-        grid = tuple(size // patch for size, patch in zip(case, preset.patch_size))
-        steps = {}
-        for name, (model, _) in models.items():
 
-            def step(model=model):
-                with torch.no_grad():
-                    model(latents, timestep, text)
+def time_case(models: dict, case, args) -> list[tuple]:
+    """`(case, tokens, model name, share of pairs attended, seconds or the error as text)` per model."""
+    device, dtype, preset = args.device, DTYPES[args.dtype], PRESETS[args.preset]
+    latents, timestep, text, _ = make_inputs(preset, case, dtype, device)
+    grid = tuple(size // patch for size, patch in zip(case, preset.patch_size))
+    steps = {}
+    for name, (model, _) in models.items():
 
-            steps[name] = step
-        try:
-            times = time_interleaved(steps, device, args.warmup, args.steps)
-        except Exception:  # noqa: BLE001 - e.g. a compile error or out of memory: time the models one at a time
-            traceback.print_exc()
-            times = {}
-            for name, step in steps.items():
-                try:
-                    times.update(time_interleaved({name: step}, device, args.warmup, args.steps))
-                except Exception as error:  # noqa: BLE001 - the failure becomes the row
-                    times[name] = f"{type(error).__name__}: {str(error)[:60]}"
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-        for name, (_, window) in models.items():
-            row = (f"{case[0]}x{case[1]}x{case[2]}", tokens, name, attended_share(window, grid), times[name])
-            rows.append(row)
-            print(row, flush=True)
+        def step(model=model):
+            with torch.no_grad():
+                model(latents, timestep, text)
 
+        steps[name] = step
+    times = time_interleaved_or_alone(steps, device, args.warmup, args.steps)
+    label, tokens = f"{case[0]}x{case[1]}x{case[2]}", num_tokens(preset, case)
+    return [(label, tokens, name, attended_share(window, grid), times[name]) for name, (_, window) in models.items()]
+
+
+def format_table(rows: list[tuple], args) -> str:
+    preset = PRESETS[args.preset]
     by_case = {(row[0], row[2]): row[4] for row in rows}
     lines = [
-        f"Device: {device_name(device)}; dtype {args.dtype}; preset `{args.preset}` ({preset.num_attention_heads} "
-        f"heads x {preset.attention_head_dim}, {preset.num_layers} layers, ffn {preset.ffn_dim}, {preset.text_tokens} "
-        f"text tokens); window backend {args.window_backend or 'default'}; compile {'on' if args.compile else 'off'}; "
+        f"Device: {device_name(args.device)}; dtype {args.dtype}; preset `{args.preset}` "
+        f"({preset.num_attention_heads} heads x {preset.attention_head_dim}, {preset.num_layers} layers, "
+        f"ffn {preset.ffn_dim}, {preset.text_tokens} text tokens); window backend {args.window_backend or 'default'}; "
+        f"compile {'on' if args.compile else 'off'}; "
         f"torch {torch.__version__}; one forward, median of {args.steps} after {args.warmup} warm-up.",
         "",
         "| case (F x H x W latent) | tokens | model | pairs attended | median ms | tokens/s | speed vs spacetime |",
@@ -192,11 +163,24 @@ def main(args) -> str:
             f"| {label} | {tokens} | {name} | {100 * share:.0f}% | {seconds * 1e3:.1f} | {tokens / seconds:,.0f} "
             f"| {speed:.2f}x |"
         )
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(args) -> str:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    print(f"device: {device_name(args.device)}", flush=True)
+    models = models_to_compare(args)
+    rows = []
+    for case in args.cases:
+        for row in time_case(models, case, args):
+            rows.append(row)
+            print(row, flush=True)
+    table = format_table(rows, args)
     print(table)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(table + "\n")
+    write_text(table, args.output)
     return table
 
 

@@ -7,9 +7,10 @@ Sections, each with its own baseline row (speed-up = baseline time / time):
 
 1. `forward`: one DiT forward (`torch.no_grad`) at the preset's latent size, with a padded text mask as the pipeline
    passes it. `set_attention_backend(...)`: `native` and `_native_flash` everywhere (PyTorch has a CPU flash
-   kernel); on CUDA also `_native_cudnn`, `_native_efficient`, and `flash` when flash-attn is installed. A backend that rejects the text mask is timed
-   without it (drift then against an unmasked baseline) and the row says so; one whose drift against the masked
-   baseline is large is also compared against the unmasked baseline to tell "ignores the mask" from "inaccurate".
+   kernel); on CUDA also `_native_cudnn`, `_native_efficient`, and `flash` when flash-attn is installed. A backend
+   that rejects the text mask is timed without it (drift then against an unmasked baseline) and the row says so; one
+   whose drift against the masked baseline is large is also compared against the unmasked baseline to tell "ignores
+   the mask" from "inaccurate".
 2. `denoising loop`: `--loop-steps` flow-matching Euler steps over the DiT, run as the pipeline runs them (one
    `cache_context("cond")` call per step, plus `cache_context("uncond")` with guidance > 1). `enable_cache` with
    FirstBlockCacheConfig, PyramidAttentionBroadcastConfig and TaylorSeerCacheConfig (with
@@ -28,15 +29,14 @@ Sections, each with its own baseline row (speed-up = baseline time / time):
    compile) stopped by a timer so that ~55 s of `--time-budget` stay for the sections after it.
 
 Columns: time (median of `--repeats` after `--warmup` on CUDA, minimum on a CPU; CUDA runs each loop and pipeline
-call once, a CPU five and two times), peak
-memory and resident memory. CUDA: `max_memory_allocated` during the step, absolute (one model on the device at a
-time, so it is weights + inputs + activations) and `memory_allocated` before it. CPU: resident = parameters and
-buffers; peak = resident + the peak of tensor storage allocated during a separate untimed run (tracked by a
-`TorchDispatchMode`; `n/a` for compiled code, which bypasses it).
+call once, a CPU five and two times), peak memory and resident memory. CUDA: `max_memory_allocated` during the step,
+absolute (one model on the device at a time, so it is weights + inputs + activations) and `memory_allocated` before
+it. CPU: resident = parameters and buffers; peak = resident + `measure.peak_mib` of a separate untimed run (the peak
+of CPU tensor storage it allocates, tracked by a `TorchDispatchMode`; `n/a` for compiled code, which bypasses it).
 
 Presets (random weights):
-- `cpu`: issue 3's tiny DiT (4 heads x 32, 4 layers, FFN 512, text width 128), latent 16x5x16x16 (320 tokens), 32
-  text tokens of which 8 are real; 20-step loop, with and without guidance; the `cpu` pipeline of
+- `cpu`: the package's tiny test DiT (4 heads x 32, 4 layers, FFN 512, text width 128), latent 16x5x16x16 (320
+  tokens), 32 text tokens of which 8 are real; 20-step loop, with and without guidance; the `cpu` pipeline of
   `bench_pipeline.py` at 17x128x128, 2 steps.
 - `gpu`: the DiT at Wan2.1-1.3B dimensions (text width 4096, 512 text tokens of which 64 are real), latent
   16x21x60x104 (81x480x832 video, 32,760 tokens); 10-step loop with guidance 5 (`--quick`: 8 steps without guidance);
@@ -58,16 +58,15 @@ import os
 import signal
 import statistics
 import sys
-import time
 import traceback
-import weakref
 from dataclasses import asdict, dataclass, field, replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_pipeline as bp  # noqa: E402  (also puts the repository root on sys.path)
+import report  # noqa: E402
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
+from bench_vae import tiling_arguments  # noqa: E402
+from measure import DTYPES, TimeBudget, device_name, free_memory, peak_mib, synchronize, timed  # noqa: E402
 
 TAYLORSEER_IDENTIFIERS = [r"blocks\.\d+\.attn[12]"]
 
@@ -103,12 +102,7 @@ FEATURE_PRESETS = {
         pipeline_size=(17, 128, 128),
         pipeline_steps=2,
         # 128 px frames: smaller tiles than the default 256 px, or nothing would be tiled (as bench_vae's long clip)
-        tiling={
-            "tile_sample_min_height": 64,
-            "tile_sample_min_width": 64,
-            "tile_sample_stride_height": 48,
-            "tile_sample_stride_width": 48,
-        },
+        tiling=tiling_arguments(64, 48),
     ),
     "gpu": FeaturePreset(
         transformer={"text_embed_dim": 4096},  # Wan2.1-1.3B dimensions are the defaults
@@ -134,48 +128,13 @@ def dry_run_preset(preset: FeaturePreset) -> FeaturePreset:
         loop_steps=min(preset.loop_steps, 8),
         pipeline_size=(9, 32, 48),
         pipeline_steps=1,
-        tiling={
-            "tile_sample_min_height": 16,
-            "tile_sample_min_width": 16,
-            "tile_sample_stride_height": 8,
-            "tile_sample_stride_width": 8,
-            "tile_sample_min_num_frames": 4,
-            "tile_sample_stride_num_frames": 4,
-        },
+        tiling=tiling_arguments(16, 8, frames=4),
     )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Measuring
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class PeakTensorMemory(TorchDispatchMode):
-    """Peak bytes of tensor storage alive at once, counting storages created while the mode is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = self.peak = 0
-        self.live = set()
-
-    def _release(self, key: int, num_bytes: int) -> None:
-        self.live.discard(key)
-        self.current -= num_bytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(output)[0]:
-            if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
-                continue
-            storage = tensor.untyped_storage()
-            key, num_bytes = storage.data_ptr(), storage.nbytes()
-            if num_bytes == 0 or key in self.live:  # views and in-place results share a counted storage
-                continue
-            self.live.add(key)
-            self.current += num_bytes
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._release, key, num_bytes)
-        return output
 
 
 class CaseTimeout(Exception):
@@ -212,8 +171,8 @@ class Context:
         self.preset = preset
         self.device = args.device
         self.cuda = args.device == "cuda"
-        self.dtype = bp.DTYPES[args.dtype_name]
-        self.budget = bp.TimeBudget(args.time_budget)
+        self.dtype = DTYPES[args.dtype]
+        self.budget = TimeBudget(args.time_budget)
         self.rows: list[dict] = []
 
     # -- timing and memory ---------------------------------------------------------------------------------------
@@ -233,28 +192,27 @@ class Context:
         output = None
         for _ in range(warmup):
             output = function()
-        bp.synchronize(self.device)
+        synchronize(self.device)
         resident = peak = None
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             resident = torch.cuda.memory_allocated() / 2**20
         times = []
         for _ in range(max(1, repeats)):
-            bp.synchronize(self.device)
-            start = time.perf_counter()
-            output = function()
-            bp.synchronize(self.device)
-            times.append(time.perf_counter() - start)
+            output, seconds = timed(function, self.device)
+            times.append(seconds)
         if self.cuda:
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             resident = bp.model_bytes(resident_module) / 2**20 if resident_module is not None else None
             if track_cpu_peak:
-                with PeakTensorMemory() as tracker:
-                    function()
-                peak = (resident or 0.0) + tracker.peak / 2**20
+                peak = (resident or 0.0) + peak_mib(function, "cpu")
         time_s = statistics.median(times) if self.cuda else min(times)
         return {"time_s": time_s, "output": output, "resident_mib": resident, "peak_mib": peak}
+
+    def measure_forward(self, model, inputs: dict, use_mask: bool = True) -> dict:
+        """`measure` of one DiT forward, the model's weights as the resident memory."""
+        return self.measure(forward_fn(model, inputs, use_mask), resident_module=model)
 
     # -- rows ----------------------------------------------------------------------------------------------------
 
@@ -294,6 +252,22 @@ class Context:
         )
         return row
 
+    def add_against(
+        self,
+        section: str,
+        feature: str,
+        result: dict,
+        baseline: dict | None,
+        note: str = "",
+        unit: str = "ms",
+        **extra,
+    ) -> dict:
+        """An `ok` row with the speed-up and drift of `result` against `baseline` (a measured result: `time_s`,
+        `output`; None where the baseline failed)."""
+        drift = relative_l2(result["output"], baseline["output"]) if baseline else None
+        base_time = baseline["time_s"] if baseline else None
+        return self.add(section, feature, "ok", result, base_time, drift, note, unit, extra)
+
     def run_case(self, section: str, feature: str, body, needs_s: float = 0.0, unit: str = "ms") -> None:
         """Run `body()` (which adds its own rows) guarded: an exception or an exhausted budget becomes a row."""
         if not self.budget.allows(needs_s):
@@ -308,9 +282,9 @@ class Context:
             body()
         except Exception as error:  # the run goes on
             traceback.print_exc()
-            self.add(section, feature, f"failed: {bp.one_line(error)}", unit=unit)
+            self.add(section, feature, f"failed: {report.one_line(error)}", unit=unit)
         finally:
-            bp.free_memory(self.device)
+            free_memory(self.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,7 +373,7 @@ def attention_backends(ctx: Context, model, inputs: dict, state: dict) -> None:
             try:
                 model.set_attention_backend(name)
                 try:
-                    result = ctx.measure(forward_fn(model, inputs), resident_module=model)
+                    result = ctx.measure_forward(model, inputs)
                     drift = relative_l2(result["output"], baseline["output"])
                     if drift > 2e-2:  # far beyond kernel rounding: does it ignore the padding mask?
                         unmasked = forward_fn(model, inputs, use_mask=False)().float().cpu()
@@ -414,9 +388,9 @@ def attention_backends(ctx: Context, model, inputs: dict, state: dict) -> None:
                     if "forward_nomask" not in state:
                         unmasked_baseline()
                         model.set_attention_backend(name)
-                    result = ctx.measure(forward_fn(model, inputs, use_mask=False), resident_module=model)
+                    result = ctx.measure_forward(model, inputs, use_mask=False)
                     drift = relative_l2(result["output"], state["forward_nomask"])
-                    note = f"rejects the text mask ({bp.one_line(masked_error, 110)}); timed without it"
+                    note = f"rejects the text mask ({report.one_line(masked_error, 110)}); timed without it"
                     state.setdefault("mask_rejected", []).append(name)
                 ctx.add(section, feature, "ok", result, baseline["time_s"], drift, note)
             finally:
@@ -433,15 +407,9 @@ def attention_backends(ctx: Context, model, inputs: dict, state: dict) -> None:
             try:
                 for block in model.blocks:
                     block.attn1.set_attention_backend(name)
-                result = ctx.measure(forward_fn(model, inputs), resident_module=model)
-                ctx.add(
-                    section,
-                    feature,
-                    "ok",
-                    result,
-                    baseline["time_s"],
-                    relative_l2(result["output"], baseline["output"]),
-                    note="cross-attention stays native and keeps the text mask",
+                result = ctx.measure_forward(model, inputs)
+                ctx.add_against(
+                    section, feature, result, baseline, "cross-attention stays native and keeps the text mask"
                 )
             finally:
                 model.set_attention_backend("native")
@@ -518,16 +486,15 @@ def hooked_modules(model, marker: str) -> int:
     return count
 
 
-def caches(ctx: Context, model, inputs: dict) -> None:
+CACHE_MARKERS = {"FirstBlockCache": "fbc", "PyramidAttentionBroadcast": "pyramid", "TaylorSeer": "taylorseer"}
+NO_CACHE = "no cache (baseline)"
+
+
+def cache_configs(clock: dict, taylor_dtype: torch.dtype) -> dict:
+    """Cache name -> a function making its config (a fresh config per run: the hooks keep their state in it)."""
     from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
-    preset = ctx.preset
-    clock = {"t": 1000.0}
-    guidances = [1.0] if (ctx.args.quick and ctx.cuda) else preset.loop_guidance
-    steps = ctx.args.loop_steps or (8 if (ctx.args.quick and ctx.cuda) else preset.loop_steps)
-    taylor_dtype = ctx.dtype
-    loop_repeats = 1 if ctx.cuda else 5  # loops are cheap on the CPU preset and its host is noisy
-    configs = {
+    return {
         "FirstBlockCache(threshold=0.05)": lambda: FirstBlockCacheConfig(threshold=0.05),
         # random weights change the first block's residual more between steps than a trained model does
         "FirstBlockCache(threshold=0.2)": lambda: FirstBlockCacheConfig(threshold=0.2),
@@ -546,109 +513,113 @@ def caches(ctx: Context, model, inputs: dict) -> None:
             cache_identifiers=TAYLORSEER_IDENTIFIERS,
         ),
     }
-    markers = {"FirstBlockCache": "fbc", "PyramidAttentionBroadcast": "pyramid", "TaylorSeer": "taylorseer"}
-    unit = "s"
-    candidates = [("no cache (baseline)", None), *configs.items()]
-    for guidance in guidances:
-        section = f"denoising loop, {steps} steps, guidance {guidance:g}"
+
+
+def cached_loop(ctx: Context, model, loop, name: str, make_config, record: dict, first: bool) -> None:
+    """One loop under `name`'s cache into `record`; the first round also keeps the output, counts attention calls
+    and (CPU) tracks memory."""
+    try:
+        if make_config is not None:
+            model.enable_cache(make_config())
+            marker = next(value for key, value in CACHE_MARKERS.items() if name.startswith(key))
+            record["hooked"] = hooked_modules(model, marker)
+        with AttentionCounter() as counter:
+            result = ctx.measure(loop, warmup=0, repeats=1, track_cpu_peak=first, resident_module=model)
+        record["times"].append(result["time_s"])
+        if first:
+            record.update(result)
+            record["attn_calls"] = counter.calls // (1 if ctx.cuda else 2)  # + the CPU tracking run
+        elif ctx.cuda and result["peak_mib"] is not None:
+            record["peak_mib"] = max(record["peak_mib"], result["peak_mib"])
+    finally:
+        if getattr(model, "is_cache_enabled", False):
+            model.disable_cache()
+
+
+def cache_rounds(ctx: Context, model, loop, candidates: dict, per_loop_s: float) -> dict:
+    """name -> record of every candidate's loops (`times`, the first round's result), or its `error` / `skipped`.
+
+    Every candidate runs once per round, so a load change on a shared host hits all of them alike; loops are cheap
+    on the CPU preset and its host is noisy, so a CPU runs five rounds.
+    """
+    records = {name: {"times": []} for name in candidates}
+    for round_index in range(1 if ctx.cuda else 5):
+        for name, make_config in candidates.items():
+            record = records[name]
+            if "error" in record or "skipped" in record:
+                continue
+            if not ctx.budget.allows(per_loop_s):
+                if round_index == 0:
+                    record["skipped"] = f"skipped: time budget ({ctx.budget.left():.0f} s left)"
+                continue  # later rounds keep the rounds done so far
+            try:
+                cached_loop(ctx, model, loop, name, make_config, record, first=round_index == 0)
+            except Exception as error:
+                traceback.print_exc()
+                record["error"] = f"failed: {report.one_line(error)}"
+            finally:
+                free_memory(ctx.device)
+    return records
+
+
+def cache_rows(ctx: Context, section: str, records: dict, guidance: float) -> None:
+    base = records[NO_CACHE]
+    for name, record in records.items():
+        feature = name if name == NO_CACHE else f"enable_cache({name})"
+        if "error" in record or "skipped" in record:
+            ctx.add(section, feature, record.get("error") or record["skipped"], unit="s")
+            continue
+        record["time_s"] = min(record["times"]) if not ctx.cuda else statistics.median(record["times"])
+        if name == NO_CACHE:
+            note = f"{record['attn_calls']} attention calls; {len(record['times'])} run(s)"
+            ctx.add(section, feature, "ok", record, record["time_s"], 0.0, unit="s", note=note)
+            continue
+        share = record["attn_calls"] / max(base.get("attn_calls", 0), 1)
+        note = f"attn calls {100 * share:.0f}% of baseline; {record['hooked']} modules hooked"
+        if name.startswith("PyramidAttentionBroadcast") and guidance > 1:
+            note += (
+                "; PAB keeps one cache per attention module, shared by the cond and uncond calls: "
+                "the uncond call reuses the cond call's attention output"
+            )
+        ctx.add_against(section, feature, record, base if "output" in base else None, note, "s", attn_share=share)
+
+
+def caches(ctx: Context, model, inputs: dict) -> None:
+    """Section 2: the denoising loop under each cache, per guidance scale, then TaylorSeer's default patterns."""
+    clock = {"t": 1000.0}
+    quick = ctx.args.quick and ctx.cuda
+    steps = ctx.args.loop_steps or (8 if quick else ctx.preset.loop_steps)
+    candidates = {NO_CACHE: None, **cache_configs(clock, ctx.dtype)}
+    for guidance in [1.0] if quick else ctx.preset.loop_guidance:
         # a loop costs ~steps x calls forwards: on CUDA ask the budget for that
         per_loop = (steps * (2 if guidance > 1 else 1) * ctx.args.forward_estimate_s) if ctx.cuda else 0
-        records = {name: {"times": []} for name, _ in candidates}
 
-        def one_run(name, make_config, record, first: bool, guidance=guidance):
-            """One loop with `name`'s cache; the first round also counts attention calls and (CPU) tracks memory."""
+        def loop(guidance=guidance):
+            return denoising_loop(ctx, model, inputs, steps, guidance, clock)
 
-            def loop():
-                return denoising_loop(ctx, model, inputs, steps, guidance, clock)
+        records = cache_rounds(ctx, model, loop, candidates, per_loop)
+        cache_rows(ctx, f"denoising loop, {steps} steps, guidance {guidance:g}", records, guidance)
+    ctx.run_case("denoising loop", "TaylorSeer default patterns", lambda: default_taylorseer(ctx, model), unit="s")
 
-            try:
-                if make_config is not None:
-                    model.enable_cache(make_config())
-                    marker = next(v for k, v in markers.items() if name.startswith(k))
-                    record["hooked"] = hooked_modules(model, marker)
-                with AttentionCounter() as counter:
-                    result = ctx.measure(loop, warmup=0, repeats=1, track_cpu_peak=first, resident_module=model)
-                record["times"].append(result["time_s"])
-                if first:
-                    record.update(result)
-                    record["attn_calls"] = counter.calls // (1 if ctx.cuda else 2)  # + the CPU tracking run
-                elif ctx.cuda and result["peak_mib"] is not None:
-                    record["peak_mib"] = max(record["peak_mib"], result["peak_mib"])
-            finally:
-                if getattr(model, "is_cache_enabled", False):
-                    model.disable_cache()
 
-        # Rounds: every candidate once per round, so a load change on a shared host hits all of them alike.
-        for round_index in range(loop_repeats):
-            for name, make_config in candidates:
-                record = records[name]
-                if "error" in record or "skipped" in record:
-                    continue
-                if round_index == 0 and not ctx.budget.allows(per_loop):
-                    record["skipped"] = f"skipped: time budget ({ctx.budget.left():.0f} s left)"
-                    continue
-                if round_index > 0 and not ctx.budget.allows(per_loop):
-                    continue  # keep the rounds done so far
-                try:
-                    one_run(name, make_config, record, first=round_index == 0)
-                except Exception as error:
-                    traceback.print_exc()
-                    record["error"] = f"failed: {bp.one_line(error)}"
-                finally:
-                    bp.free_memory(ctx.device)
+def default_taylorseer(ctx: Context, model) -> None:
+    """TaylorSeer with its default patterns, as a user would first try it: how many modules does it hook?"""
+    from diffusers import TaylorSeerCacheConfig
 
-        base = records["no cache (baseline)"]
-        for name, _ in candidates:
-            record = records[name]
-            feature = name if name.startswith("no cache") else f"enable_cache({name})"
-            if "error" in record or "skipped" in record:
-                ctx.add(section, feature, record.get("error") or record["skipped"], unit=unit)
-                continue
-            record["time_s"] = min(record["times"]) if not ctx.cuda else statistics.median(record["times"])
-            base_time = base.get("time_s") if "output" in base else None
-            if name.startswith("no cache"):
-                ctx.add(
-                    section,
-                    feature,
-                    "ok",
-                    record,
-                    record["time_s"],
-                    0.0,
-                    unit=unit,
-                    note=f"{record['attn_calls']} attention calls; {len(record['times'])} run(s)",
-                )
-                continue
-            drift = relative_l2(record["output"], base["output"]) if "output" in base else None
-            share = record["attn_calls"] / max(base.get("attn_calls", 0), 1)
-            note = f"attn calls {100 * share:.0f}% of baseline; {record['hooked']} modules hooked"
-            if name.startswith("PyramidAttentionBroadcast") and guidance > 1:
-                note += (
-                    "; PAB keeps one cache per attention module, shared by the cond and uncond calls: "
-                    "the uncond call reuses the cond call's attention output"
-                )
-            ctx.add(
-                section, feature, "ok", record, base_time, drift, unit=unit, note=note, extra={"attn_share": share}
-            )
-
-    # TaylorSeer with its default patterns, as a user would first try it: how many modules does it hook?
-    def default_taylorseer():
-        try:
-            model.enable_cache(TaylorSeerCacheConfig())
-            hooked = hooked_modules(model, "taylorseer")
-        finally:
-            if getattr(model, "is_cache_enabled", False):
-                model.disable_cache()
-        status = "ok" if hooked else "ok but inert"
-        ctx.add(
-            "denoising loop",
-            "enable_cache(TaylorSeerCacheConfig()) default patterns",
-            status,
-            unit=unit,
-            note=f"{hooked} modules hooked (not run: {'hooks attach' if hooked else 'a no-op cache'}); pass "
-            "cache_identifiers=[r'blocks\\.\\d+\\.attn[12]'] or use_lite_mode=True",
-        )
-
-    ctx.run_case("denoising loop", "TaylorSeer default patterns", default_taylorseer, unit=unit)
+    try:
+        model.enable_cache(TaylorSeerCacheConfig())
+        hooked = hooked_modules(model, "taylorseer")
+    finally:
+        if getattr(model, "is_cache_enabled", False):
+            model.disable_cache()
+    ctx.add(
+        "denoising loop",
+        "enable_cache(TaylorSeerCacheConfig()) default patterns",
+        "ok" if hooked else "ok but inert",
+        unit="s",
+        note=f"{hooked} modules hooked (not run: {'hooks attach' if hooked else 'a no-op cache'}); pass "
+        "cache_identifiers=[r'blocks\\.\\d+\\.attn[12]'] or use_lite_mode=True",
+    )
 
 
 def layerwise_casting(ctx: Context, inputs: dict, state: dict) -> None:
@@ -670,17 +641,10 @@ def layerwise_casting(ctx: Context, inputs: dict, state: dict) -> None:
             model = fresh_transformer(ctx, dtype=compute)
             if storage is not None:
                 model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
-            cast = cast_inputs(inputs, compute)
-            result = ctx.measure(forward_fn(model, cast), resident_module=model)
+            result = ctx.measure_forward(model, cast_inputs(inputs, compute))
             weights = bp.model_bytes(model) / 2**20
-            ctx.add(
-                section,
-                feature,
-                "ok",
-                result,
-                baseline["time_s"],
-                relative_l2(result["output"], baseline["output"]),
-                note=f"weights {weights:.0f} MiB vs {state['weights_mib']:.0f} MiB",
+            ctx.add_against(
+                section, feature, result, baseline, f"weights {weights:.0f} MiB vs {state['weights_mib']:.0f} MiB"
             )
             del model
 
@@ -701,7 +665,7 @@ def group_offload(ctx: Context, inputs: dict, state: dict) -> None:
 
         def body(offload_type=offload_type, feature=feature):
             model = fresh_transformer(ctx).to("cpu")
-            bp.free_memory(ctx.device)
+            free_memory(ctx.device)
             kwargs = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
             model.enable_group_offload(
                 onload_device=torch.device(ctx.device),
@@ -710,15 +674,10 @@ def group_offload(ctx: Context, inputs: dict, state: dict) -> None:
                 use_stream=ctx.cuda,
                 **kwargs,
             )
-            result = ctx.measure(forward_fn(model, inputs), resident_module=model)
-            ctx.add(
-                section,
-                feature,
-                "ok",
-                result,
-                baseline["time_s"],
-                relative_l2(result["output"], baseline["output"]),
-                note=f"resident = {bp.model_bytes(model, ctx.device) / 2**20:.0f} MiB of weights on {ctx.device}",
+            result = ctx.measure_forward(model, inputs)
+            resident = bp.model_bytes(model, ctx.device) / 2**20
+            ctx.add_against(
+                section, feature, result, baseline, f"resident = {resident:.0f} MiB of weights on {ctx.device}"
             )
             del model
 
@@ -762,7 +721,6 @@ def pipeline_features(ctx: Context) -> None:
 
     ctx.run_case(section, "baseline", baseline_body, needs_s=8 if ctx.cuda else 0, unit=unit)
     base = state.get("base")
-    base_time = base["time_s"] if base else None
 
     def tiling_body():
         pipe.vae.enable_tiling(**ctx.preset.tiling)
@@ -770,55 +728,45 @@ def pipeline_features(ctx: Context) -> None:
             result = measure_call()
         finally:
             pipe.vae.disable_tiling()
-        ctx.add(
-            section,
-            "vae.enable_tiling()",
-            "ok",
-            result,
-            base_time,
-            relative_l2(result["output"], base["output"]) if base else None,
-            unit=unit,
-            note=f"tiles {pipe.vae.tile_sample_min_height} px every {pipe.vae.tile_sample_stride_height} px, "
-            f"{pipe.vae.tile_sample_min_num_frames} frames",
-        )
+        vae = pipe.vae
+        note = f"tiles {vae.tile_sample_min_height} px every {vae.tile_sample_stride_height} px, "
+        note += f"{vae.tile_sample_min_num_frames} frames"
+        ctx.add_against(section, "vae.enable_tiling()", result, base, note, unit)
 
     ctx.run_case(section, "vae.enable_tiling()", tiling_body, needs_s=8 if ctx.cuda else 0, unit=unit)
+    model_cpu_offload(ctx, pipe, measure_call, base)
+    with contextlib.suppress(Exception):
+        pipe.remove_all_hooks()
+    pipe.__dict__.clear()  # drop the components now (the closures above still reference the pipeline object)
 
+
+def model_cpu_offload(ctx: Context, pipe, measure_call, base: dict | None) -> None:
+    """The pipeline rows of `enable_model_cpu_offload()`, without and with VAE tiling (the last rows on `pipe`:
+    offloading is not undone)."""
+    section, unit = "pipeline", "s"
     offload_cases = [("enable_model_cpu_offload()", False), ("enable_model_cpu_offload() + vae.enable_tiling()", True)]
     if not ctx.cuda and not ctx.args.dry_run:
         for feature, _ in offload_cases:
             ctx.add(section, feature, "skipped: needs an accelerator (diffusers raises on a CPU-only host)", unit=unit)
-    else:
-        offloaded = {"done": False}
-        for feature, tiled in offload_cases:
+        return
+    offloaded = {"done": False}
+    for feature, tiled in offload_cases:
 
-            def offload_body(feature=feature, tiled=tiled):
-                if not offloaded["done"]:
-                    pipe.enable_model_cpu_offload(device=ctx.device if ctx.cuda else None)
-                    offloaded["done"] = True
-                    bp.free_memory(ctx.device)
-                if tiled:
-                    pipe.vae.enable_tiling(**ctx.preset.tiling)
-                try:
-                    result = measure_call()
-                finally:
-                    pipe.vae.disable_tiling()
-                note = "text encoder, DiT and VAE moved to the GPU in turn"
-                ctx.add(
-                    section,
-                    feature,
-                    "ok",
-                    result,
-                    base_time,
-                    relative_l2(result["output"], base["output"]) if base else None,
-                    unit=unit,
-                    note=note,
-                )
+        def offload_body(feature=feature, tiled=tiled):
+            if not offloaded["done"]:
+                pipe.enable_model_cpu_offload(device=ctx.device if ctx.cuda else None)
+                offloaded["done"] = True
+                free_memory(ctx.device)
+            if tiled:
+                pipe.vae.enable_tiling(**ctx.preset.tiling)
+            try:
+                result = measure_call()
+            finally:
+                pipe.vae.disable_tiling()
+            note = "text encoder, DiT and VAE moved to the GPU in turn"
+            ctx.add_against(section, feature, result, base, note, unit)
 
-            ctx.run_case(section, feature, offload_body, needs_s=10 if ctx.cuda else 0, unit=unit)
-    with contextlib.suppress(Exception):
-        pipe.remove_all_hooks()
-    pipe.__dict__.clear()  # drop the components now (the closures above still reference the pipeline object)
+        ctx.run_case(section, feature, offload_body, needs_s=10 if ctx.cuda else 0, unit=unit)
 
 
 def _cp_worker(rank: int, world_size: int, config: dict, inputs: dict, port: int, queue) -> None:
@@ -830,29 +778,17 @@ def _cp_worker(rank: int, world_size: int, config: dict, inputs: dict, port: int
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
         torch.cuda.set_device(rank)
         dist.init_process_group("nccl", rank=rank, world_size=world_size)
-        model = bp.build_transformer(config["transformer"], "cuda", bp.DTYPES[config["dtype"]], seed=0)
+        model = bp.build_transformer(config["transformer"], "cuda", DTYPES[config["dtype"]], seed=0)
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world_size))
-        args = {k: (v.to(f"cuda:{rank}") if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
-
-        def forward():
-            with torch.no_grad():
-                return model(
-                    args["latents"],
-                    args["timestep"],
-                    args["text"],
-                    encoder_attention_mask=args["mask"],
-                    return_dict=False,
-                )[0]
-
+        rank_inputs = {k: (v.to(f"cuda:{rank}") if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        forward = forward_fn(model, rank_inputs)
         forward()
         times = []
         for _ in range(config["repeats"]):
             torch.cuda.synchronize()
-            dist.barrier()
-            start = time.perf_counter()
-            output = forward()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            dist.barrier()  # every rank starts the timed forward together
+            output, seconds = timed(forward, "cuda")
+            times.append(seconds)
         if rank == 0:
             queue.put(
                 {
@@ -864,7 +800,7 @@ def _cp_worker(rank: int, world_size: int, config: dict, inputs: dict, port: int
         dist.destroy_process_group()
     except Exception as error:  # reported by rank 0's parent
         if rank == 0:
-            queue.put({"error": bp.one_line(error)})
+            queue.put({"error": report.one_line(error)})
 
 
 def context_parallel(ctx: Context, inputs: dict, state: dict) -> None:
@@ -890,7 +826,7 @@ def context_parallel(ctx: Context, inputs: dict, state: dict) -> None:
 
         spawn_ctx = mp.get_context("spawn")
         queue = spawn_ctx.Queue()
-        config = {"transformer": ctx.preset.transformer, "dtype": ctx.args.dtype_name, "repeats": ctx.args.repeats}
+        config = {"transformer": ctx.preset.transformer, "dtype": ctx.args.dtype, "repeats": ctx.args.repeats}
         cpu_inputs = {k: v.cpu() for k, v in inputs.items()}
         processes = [
             spawn_ctx.Process(target=_cp_worker, args=(r, world, config, cpu_inputs, 29517, queue))
@@ -903,14 +839,8 @@ def context_parallel(ctx: Context, inputs: dict, state: dict) -> None:
             process.join(timeout=30)
         if "error" in result:
             raise RuntimeError(result["error"])
-        ctx.add(
-            section,
-            feature,
-            "ok",
-            result,
-            state["forward"]["time_s"],
-            relative_l2(result["output"], state["forward"]["output"]),
-            note=f"{world} GPUs, one process each; peak is rank 0's",
+        ctx.add_against(
+            section, feature, result, state["forward"], f"{world} GPUs, one process each; peak is rank 0's"
         )
 
     ctx.run_case(section, feature, body, needs_s=40)
@@ -929,21 +859,10 @@ def compile_blocks(ctx: Context, inputs: dict, state: dict) -> None:
         reserve = 55.0 if ctx.cuda else 0.0
         limit = min(ctx.budget.left() - reserve, 90.0) if ctx.args.time_budget else None
         with time_limit(limit):
-            bp.synchronize(ctx.device)
-            start = time.perf_counter()
-            forward()
-            bp.synchronize(ctx.device)
-            compile_s = time.perf_counter() - start
+            _, compile_s = timed(forward, ctx.device)
         result = ctx.measure(forward, track_cpu_peak=False, resident_module=model)
-        ctx.add(
-            section,
-            feature,
-            "ok",
-            result,
-            baseline["time_s"],
-            relative_l2(result["output"], baseline["output"]),
-            note=f"first call (compile) {compile_s:.1f} s" + ("" if ctx.cuda else "; CPU peak not tracked"),
-        )
+        note = f"first call (compile) {compile_s:.1f} s" + ("" if ctx.cuda else "; CPU peak not tracked")
+        ctx.add_against(section, feature, result, baseline, note)
         del model
 
     ctx.run_case(section, feature, body, needs_s=90 if ctx.cuda else 0)
@@ -988,48 +907,71 @@ def format_rows(rows: list[dict]) -> str:
                 row["note"].replace("|", "/"),
             ]
         )
-    return bp.markdown_table(header, table)
+    return report.markdown_table(header, table)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--dtype", choices=sorted(bp.DTYPES), default=None, help="Default: fp32 on CPU, bf16 on CUDA.")
-    parser.add_argument("--preset", choices=sorted(FEATURE_PRESETS), default=None, help="Default: the device's.")
+    report.add_device_arguments(parser)
+    parser.add_argument("--preset", choices=sorted(FEATURE_PRESETS), help="Default: the device's.")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed forwards before timing.")
     parser.add_argument("--repeats", type=int, default=None, help="Timed forwards, median (default 5 CPU, 3 CUDA).")
     parser.add_argument("--loop-steps", type=int, default=None, help="Steps of the cache loop (default: preset's).")
-    parser.add_argument(
-        "--quick", action="store_true", help="The one-shot GPU run: 2 timed forwards, an 8-step loop without guidance."
-    )
+    quick_help = "The one-shot GPU run: 2 timed forwards, an 8-step loop without guidance."
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--dry-run", action="store_true", help="Toy sizes; CUDA-only cases run on the CPU too.")
-    parser.add_argument(
-        "--skip",
-        nargs="*",
-        default=[],
-        choices=["backends", "caches", "casting", "offload", "pipeline", "cp", "compile"],
+    sections = ["backends", "caches", "casting", "offload", "pipeline", "cp", "compile"]
+    parser.add_argument("--skip", nargs="*", default=[], choices=sections, help="Sections not to run.")
+    report.add_one_shot_arguments(
+        parser, budget_help="Seconds since start after which cases are skipped (compile stopped)"
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: 2 with --device cpu, torch's on CUDA)."
-    )
-    parser.add_argument(
-        "--time-budget",
-        type=float,
-        default=None,
-        help="Seconds since start after which cases are skipped (compile stopped); default 150 on CPU, none on CUDA.",
-    )
-    parser.add_argument("--output-dir", default=os.path.join(bp.REPO, "benchmarks", "results"))
-    args = parser.parse_args(argv)
-    args.preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
-    args.dtype_name = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    args = report.one_shot_defaults(parser.parse_args(argv), __file__, argv)
     args.repeats = args.repeats or (2 if args.quick else (3 if args.device == "cuda" else 5))
-    if args.time_budget is None and args.device == "cpu":
-        args.time_budget = 150.0  # the CPU run stays under ~3 minutes on a loaded host
-    args.forward_estimate_s = 0.0
-    args.command = "python " + " ".join(
-        [os.path.relpath(__file__, bp.REPO), *(argv if argv is not None else sys.argv[1:])]
-    )
+    args.forward_estimate_s = 0.0  # the baseline forward's time, once measured: what the loops ask the budget for
     return args
+
+
+def baseline_forward(ctx: Context, state: dict):
+    """`(model, inputs)`: the baseline model and inputs, its forward measured into `state["forward"]` (absent, and
+    a failed row, when it raises)."""
+    model = inputs = None
+    try:
+        model = fresh_transformer(ctx)
+        state["weights_mib"] = bp.model_bytes(model) / 2**20
+        inputs = make_inputs(ctx, model.config.text_embed_dim)
+        result = ctx.measure_forward(model, inputs)
+        state["forward"] = {"time_s": result["time_s"], "output": result["output"].float().cpu()}
+        ctx.args.forward_estimate_s = result["time_s"]
+        preset = ctx.preset
+        note = f"latent {preset.latent}, {preset.text_tokens} text tokens ({preset.text_valid} unmasked)"
+        ctx.add("forward", "baseline: eager, default backend (native SDPA)", "ok", result, result["time_s"], 0.0, note)
+    except Exception as error:
+        traceback.print_exc()
+        ctx.add("forward", "baseline", f"failed: {report.one_line(error)}")
+    return model, inputs
+
+
+def run_sections(ctx: Context, skip: list[str]) -> None:
+    """The sections in order, the baseline model freed once the sections that share it are done."""
+    state = {}
+    model, inputs = baseline_forward(ctx, state)
+    if "forward" in state:
+        if "backends" not in skip:
+            attention_backends(ctx, model, inputs, state)
+        if "caches" not in skip:
+            caches(ctx, model, inputs)
+        del model
+        free_memory(ctx.device)
+        if "compile" not in skip:
+            compile_blocks(ctx, inputs, state)
+        if "casting" not in skip:
+            layerwise_casting(ctx, inputs, state)
+        if "offload" not in skip:
+            group_offload(ctx, inputs, state)
+    if "pipeline" not in skip:
+        pipeline_features(ctx)
+    if "forward" in state and "cp" not in skip:
+        context_parallel(ctx, inputs, state)
 
 
 def main(args) -> str:
@@ -1037,68 +979,21 @@ def main(args) -> str:
         torch.set_num_threads(args.threads or 2)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is visible")
-    preset = FEATURE_PRESETS[args.preset]
-    if args.dry_run:
-        preset = dry_run_preset(preset)
+    preset = dry_run_preset(FEATURE_PRESETS[args.preset]) if args.dry_run else FEATURE_PRESETS[args.preset]
     ctx = Context(args, preset)
     os.makedirs(args.output_dir, exist_ok=True)
-    label = bp.device_name(args.device)
-    print(
-        f"[bench_features] {label}, {args.dtype_name}, preset {args.preset}{' (dry run)' if args.dry_run else ''}",
-        flush=True,
-    )
+    label = device_name(args.device)
+    dry_run = " (dry run)" if args.dry_run else ""
+    print(f"[bench_features] {label}, {args.dtype}, preset {args.preset}{dry_run}", flush=True)
 
-    state = {}
-    model = None
-    try:
-        model = fresh_transformer(ctx)
-        state["weights_mib"] = bp.model_bytes(model) / 2**20
-        inputs = make_inputs(ctx, model.config.text_embed_dim)
-        result = ctx.measure(forward_fn(model, inputs), resident_module=model)
-        state["forward"] = {"time_s": result["time_s"], "output": result["output"].float().cpu()}
-        args.forward_estimate_s = result["time_s"]
-        ctx.add(
-            "forward",
-            "baseline: eager, default backend (native SDPA)",
-            "ok",
-            result,
-            result["time_s"],
-            0.0,
-            note=f"latent {preset.latent}, {preset.text_tokens} text tokens ({preset.text_valid} unmasked)",
-        )
-    except Exception as error:
-        traceback.print_exc()
-        ctx.add("forward", "baseline", f"failed: {bp.one_line(error)}")
+    run_sections(ctx, args.skip)
 
-    if "forward" in state:
-        if "backends" not in args.skip:
-            attention_backends(ctx, model, inputs, state)
-        if "caches" not in args.skip:
-            caches(ctx, model, inputs)
-        del model
-        bp.free_memory(args.device)
-        if "compile" not in args.skip:
-            compile_blocks(ctx, inputs, state)
-        if "casting" not in args.skip:
-            layerwise_casting(ctx, inputs, state)
-        if "offload" not in args.skip:
-            group_offload(ctx, inputs, state)
-    if "pipeline" not in args.skip:
-        pipeline_features(ctx)
-    if "forward" in state and "cp" not in args.skip:
-        context_parallel(ctx, inputs, state)
-
-    title = (
-        f"### Speed and memory features: {label}, {args.dtype_name}{' (DRY RUN, toy sizes)' if args.dry_run else ''}"
-    )
-    dit = {**preset.transformer}
     lines = [
-        title,
+        f"### Speed and memory features: {label}, {args.dtype}{' (DRY RUN, toy sizes)' if args.dry_run else ''}",
         "",
-        f"{bp.versions()}; preset `{args.preset}` (DiT {json.dumps(dit)} over the Wan2.1-1.3B defaults, random "
-        f"weights); forward: {'median' if args.device == 'cuda' else 'best'} of {args.repeats} after {args.warmup} "
-        f"warm-up; run took "
-        f"{ctx.budget.elapsed():.0f} s.",
+        f"{report.versions()}; preset `{args.preset}` (DiT {json.dumps(preset.transformer)} over the Wan2.1-1.3B "
+        f"defaults, random weights); forward: {'median' if args.device == 'cuda' else 'best'} of {args.repeats} after "
+        f"{args.warmup} warm-up; run took {ctx.budget.elapsed():.0f} s.",
         "",
         f"Command: `{args.command}`",
         "",
@@ -1106,17 +1001,8 @@ def main(args) -> str:
         "",
     ]
     text = "\n".join(lines)
-    suffix = f"{args.device}{'_dry' if args.dry_run else ''}"
-    with open(os.path.join(args.output_dir, f"features_{suffix}.md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(args.output_dir, f"features_{suffix}.json"), "w") as handle:
-        json.dump(
-            {"device": label, "dtype": args.dtype_name, "preset": asdict(preset), "rows": ctx.rows},
-            handle,
-            indent=1,
-            default=str,
-        )
-    print(text, flush=True)
+    results = {"device": label, "dtype": args.dtype, "preset": asdict(preset), "rows": ctx.rows}
+    report.write_results(args.output_dir, f"features_{args.device}{'_dry' if args.dry_run else ''}", text, results)
     print(f"[bench_features] done in {ctx.budget.elapsed():.1f} s; outputs in {args.output_dir}", flush=True)
     return text
 

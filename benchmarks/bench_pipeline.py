@@ -10,15 +10,15 @@ point and times each stage of the call, synchronising the device around it:
 - `other`: the rest of the call (scheduler, noise, checks).
 
 Points: the preset's main size, then a *length series* (more frames at the main resolution) and a *resolution series*
-(more pixels at the main frame count); the seed's "cost grows with the spacetime volume" is the plot of seconds per
-video against frames x height x width, and of `DiT/step` against the token count with a fitted `a + b N + c N^2`
+(more pixels at the main frame count); "cost grows with the spacetime volume" is the plot of seconds per video
+against frames x height x width, and of `DiT/step` against the token count with a fitted `a + b N + c N^2`
 (attention is the quadratic term). Outputs in `--output-dir`: `pipeline_<device>.md` (the tables), `.json` (raw
 numbers) and `pipeline_curve_<device>.png`.
 
 Presets (random weights; state them when quoting numbers):
-- `cpu`: issue 3's tiny DiT (4 heads x 32, 4 layers, FFN 512, text width 128), the VAE at equal small widths as in
-  `bench_vae.py` (32, 64, 128, 128; 8x8x4 compression, 16 channels), a 2-layer random BERT of width 128, 32 text
-  tokens; 17x128x128 main, 4 steps, guidance 5.
+- `cpu`: the package's tiny test DiT (4 heads x 32, 4 layers, FFN 512, text width 128), the VAE at equal small
+  widths as in `bench_vae.py` (32, 64, 128, 128; 8x8x4 compression, 16 channels), a 2-layer random BERT of width 128,
+  32 text tokens; 17x128x128 main, 4 steps, guidance 5.
 - `gpu`: the DiT at Wan2.1-1.3B dimensions (12 heads x 128, 30 layers, FFN 8960) with `text_embed_dim=384`, the
   default VAE (128, 256, 512, 512), and a random BERT at all-MiniLM-L6-v2 dimensions (384 wide, 6 layers: the
   package's default text encoder) with the pipeline's default 128 text tokens; 81x480x832 main, 4 steps, guidance 5.
@@ -34,10 +34,9 @@ Usage:
 """
 
 import argparse
-import gc
+import functools
 import json
 import os
-import platform
 import string
 import sys
 import tempfile
@@ -46,21 +45,23 @@ import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 
-_START = time.perf_counter()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from measure import DTYPES, TimeBudget, device_name, free_memory, synchronize, timed
+from report import (
+    REPO,
+    add_device_arguments,
+    add_one_shot_arguments,
+    markdown_table,
+    one_line,
+    one_shot_defaults,
+    versions,
+    write_results,
+)
+
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # `import diffusers_spacetime` from a checkout, without installing it
 
 import torch  # noqa: E402
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 PROMPT = "a red circle moves from the left to the right over a blue square"
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,42 +143,6 @@ def dry_run_preset(preset: PipelinePreset) -> PipelinePreset:
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Building blocks shared with bench_features.py
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def free_memory(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def versions() -> str:
-    import diffusers
-    import transformers
-
-    return f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
-
-
-def one_line(error: BaseException, limit: int = 160) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def model_bytes(module: torch.nn.Module, device: str | None = None) -> int:
@@ -304,6 +269,8 @@ class StageTimer:
         self.counts[name] += 1
 
     def wrap(self, function, name: str):
+        # `functools.wraps` keeps `function`'s signature visible: the pipeline reads it to pick the arguments it passes
+        @functools.wraps(function)
         def timed(*args, **kwargs):
             self._begin(name)
             try:
@@ -342,38 +309,6 @@ def call_pipeline(pipe, preset: PipelinePreset, frames: int, height: int, width:
     ).frames
 
 
-class TimeBudget:
-    """Seconds left of `--time-budget` since the process started; cases that would overrun it are skipped."""
-
-    def __init__(self, seconds: float | None):
-        self.seconds = seconds
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - _START
-
-    def left(self) -> float:
-        return float("inf") if self.seconds is None else self.seconds - self.elapsed()
-
-    def allows(self, needed_s: float = 0.0) -> bool:
-        return self.left() > needed_s
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    align = ["---" if i == 0 or not any(_is_number_cell(r[i]) for r in rows) else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _is_number_cell(cell) -> bool:
-    text = str(cell).replace(",", "").replace("x", "").replace("%", "").strip()
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # 3. The measurement
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,12 +323,7 @@ def measure_point(pipe, timer: StageTimer, preset, device: str, frames: int, hei
         free_memory(device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        synchronize(device)
-        start = time.perf_counter()
-        video = call_pipeline(pipe, preset, frames, height, width, preset.steps)
-        synchronize(device)
-        total = time.perf_counter() - start
-        del video
+        _, total = timed(lambda: call_pipeline(pipe, preset, frames, height, width, preset.steps), device)
         stages = dict(timer.totals)
         for name, value in stages.items():
             stage_best[name] = min(value, stage_best.get(name, float("inf")))
@@ -445,24 +375,9 @@ def plot_curve(points: list[dict], fit, path: str, title: str) -> None:
         x = [p["mvoxels"] for p in chosen]
         label = "more frames" if series == "length" else "more pixels per frame"
         ax_volume.plot(x, [p["total_s"] for p in chosen], color=color, marker=marker, label=f"total ({label})")
-        ax_volume.plot(
-            x,
-            [p.get("dit_s", 0) for p in chosen],
-            color=color,
-            marker=marker,
-            ls="--",
-            alpha=0.7,
-            label=f"DiT ({label})",
-        )
-        ax_volume.plot(
-            x,
-            [p.get("decode_s", 0) for p in chosen],
-            color=color,
-            marker=marker,
-            ls=":",
-            alpha=0.7,
-            label=f"VAE decode ({label})",
-        )
+        for key, line_style, stage in (("dit_s", "--", "DiT"), ("decode_s", ":", "VAE decode")):
+            values = [p.get(key, 0) for p in chosen]
+            ax_volume.plot(x, values, color=color, marker=marker, ls=line_style, alpha=0.7, label=f"{stage} ({label})")
         for p in chosen:
             ax_volume.annotate(
                 f"{p['frames']}x{p['height']}x{p['width']}",
@@ -509,10 +424,10 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def report(args, preset, points, failures, fit, device_label, plot_name, component_line) -> str:
+def format_report(args, preset, points, failures, fit, device_label, plot_name, component_line) -> str:
     guidance_calls = 2 if preset.guidance_scale > 1 else 1
     lines = [
-        f"### Pipeline end to end: {device_label}, {args.dtype_name}{' (DRY RUN, toy sizes)' if args.dry_run else ''}",
+        f"### Pipeline end to end: {device_label}, {args.dtype}{' (DRY RUN, toy sizes)' if args.dry_run else ''}",
         "",
         f"{versions()}; preset `{args.preset}`; {preset.steps} steps, guidance {preset.guidance_scale} "
         f"({guidance_calls} DiT calls per step); random weights. {component_line}",
@@ -588,94 +503,62 @@ def report(args, preset, points, failures, fit, device_label, plot_name, compone
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: fp32 on CPU, bf16 on CUDA.")
-    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=None, help="Default: the device's.")
+    add_device_arguments(parser)
+    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), help="Default: the device's.")
     parser.add_argument("--steps", type=int, default=None, help="Denoising steps (default: the preset's).")
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="Calls per point, best kept (default 2 CPU, 1 CUDA)."
-    )
+    parser.add_argument("--repeats", type=int, help="Calls per point, best kept (default 2 CPU, 1 CUDA).")
     parser.add_argument("--quick", action="store_true", help="One call per point, no extras (the one-shot GPU run).")
     parser.add_argument("--dry-run", action="store_true", help="Toy sizes of the preset: check the code paths.")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: 2 with --device cpu, torch's on CUDA)."
-    )
-    parser.add_argument(
-        "--time-budget",
-        type=float,
-        default=None,
-        help="Skip points once this many seconds passed since start (default: 150 on CPU, none on CUDA).",
-    )
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "benchmarks", "results"))
-    args = parser.parse_args(argv)
-    args.preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
-    args.dtype_name = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    add_one_shot_arguments(parser, budget_help="Skip points once this many seconds passed since start")
+    args = one_shot_defaults(parser.parse_args(argv), __file__, argv)
     args.repeats = args.repeats or (1 if args.quick or args.device == "cuda" else 2)
-    if args.time_budget is None and args.device == "cpu":
-        args.time_budget = 150.0  # the CPU run stays under ~3 minutes on a loaded host
-    args.command = "python " + " ".join(
-        [os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])]
-    )
     return args
 
 
-def main(args) -> str:
-    if args.threads or args.device == "cpu":
-        torch.set_num_threads(args.threads or 2)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no CUDA device is visible")
-    dtype = DTYPES[args.dtype_name]
+def run_preset(args) -> PipelinePreset:
     preset = PIPELINE_PRESETS[args.preset]
     if args.dry_run:
         preset = dry_run_preset(preset)
     if args.steps is not None:
         preset = replace(preset, steps=args.steps)
-    budget = TimeBudget(args.time_budget)
-    os.makedirs(args.output_dir, exist_ok=True)
-    device = args.device
-    label = device_name(device)
-    print(
-        f"[bench_pipeline] {label}, {args.dtype_name}, preset {args.preset}{' (dry run)' if args.dry_run else ''}",
-        flush=True,
-    )
+    return preset
 
-    pipe = build_pipeline(preset, device, dtype)
+
+def describe_components(pipe, preset: PipelinePreset) -> str:
     params = {
         name: sum(p.numel() for p in getattr(pipe, name).parameters()) / 1e6
         for name in ("text_encoder", "transformer", "vae")
     }
-    component_line = (
+    return (
         f"Components: DiT {params['transformer']:.0f}M parameters ({json.dumps(preset.transformer)} over the "
         f"defaults), VAE {params['vae']:.0f}M ({json.dumps(preset.vae)} over the defaults), random BERT text encoder "
         f"{params['text_encoder']:.0f}M ({json.dumps(preset.text_encoder)}), "
         f"{preset.max_sequence_length or 128} text tokens."
     )
-    print(component_line, flush=True)
-    timer = StageTimer(device)
-    timer.attach(pipe)
 
-    # Warm-up: one small 1-step call (CUDA context, kernels, allocator, lazy init); not reported.
-    with torch.no_grad():
-        call_pipeline(pipe, preset, *preset.warmup, steps=1)
 
+def plan_points(preset: PipelinePreset) -> dict:
+    """`(frames, height, width) -> series names`, the main point first so that a tight budget still measures it."""
     frames0, height0, width0 = preset.main
-    plan = {}  # (frames, height, width) -> series names, main first so a tight budget still gets it
-    plan.setdefault(preset.main, []).append("main")
+    plan = {preset.main: ["main"]}
     for frames in preset.length_series:
         plan.setdefault((frames, height0, width0), []).append("length")
     for height, width in preset.resolution_series:
         plan.setdefault((frames0, height, width), []).append("resolution")
+    return plan
 
+
+def measure_points(pipe, timer: StageTimer, preset: PipelinePreset, args, budget: TimeBudget):
+    """`(points, failures)` over `plan_points`: a point that raises or finds the budget spent becomes a failure row."""
     points, failures = [], []
-    for index, (size, series) in enumerate(plan.items()):
-        frames, height, width = size
-        tag = f"{frames}x{height}x{width}"
+    for index, (size, series) in enumerate(plan_points(preset).items()):
+        tag = "x".join(str(value) for value in size)
         if index > 0 and not budget.allows():
             failures.append({"series": ", ".join(series), "size": tag, "status": "skipped: time budget"})
             continue
         try:
             with torch.no_grad():
-                point = measure_point(pipe, timer, preset, device, frames, height, width, args.repeats)
+                point = measure_point(pipe, timer, preset, args.device, *size, args.repeats)
             point["series"] = series
             points.append(point)
             print(
@@ -686,39 +569,43 @@ def main(args) -> str:
         except Exception as error:  # one failing point becomes a row; the run goes on
             traceback.print_exc()
             failures.append({"series": ", ".join(series), "size": tag, "status": f"failed: {one_line(error)}"})
-            free_memory(device)
+            free_memory(args.device)
+    return points, failures
+
+
+def main(args) -> str:
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 2)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA device is visible")
+    preset, budget, label = run_preset(args), TimeBudget(args.time_budget), device_name(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    dry_run = " (dry run)" if args.dry_run else ""
+    print(f"[bench_pipeline] {label}, {args.dtype}, preset {args.preset}{dry_run}", flush=True)
+
+    pipe = build_pipeline(preset, args.device, DTYPES[args.dtype])
+    component_line = describe_components(pipe, preset)
+    print(component_line, flush=True)
+    timer = StageTimer(args.device)
+    timer.attach(pipe)
+    with torch.no_grad():  # warm-up: one small 1-step call (CUDA context, kernels, allocator, lazy init)
+        call_pipeline(pipe, preset, *preset.warmup, steps=1)
+    points, failures = measure_points(pipe, timer, preset, args, budget)
 
     fit = fit_quadratic(points)
-    suffix = f"{device}{'_dry' if args.dry_run else ''}"
+    suffix = f"{args.device}{'_dry' if args.dry_run else ''}"
     plot_name = f"pipeline_curve_{suffix}.png"
-    title = (
-        f"SpacetimeVideoPipeline, {label}, {args.dtype_name}, {preset.steps} steps, guidance {preset.guidance_scale}"
-    )
+    title = f"SpacetimeVideoPipeline, {label}, {args.dtype}, {preset.steps} steps, guidance {preset.guidance_scale}"
     try:
         if points:
             plot_curve(points, fit, os.path.join(args.output_dir, plot_name), title)
     except Exception as error:
         traceback.print_exc()
         plot_name = f"(plot failed: {one_line(error)})"
-    text = report(args, preset, points, failures, fit, label, plot_name, component_line)
-    with open(os.path.join(args.output_dir, f"pipeline_{suffix}.md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(args.output_dir, f"pipeline_{suffix}.json"), "w") as handle:
-        json.dump(
-            {
-                "device": label,
-                "dtype": args.dtype_name,
-                "preset": asdict(preset),
-                "points": points,
-                "failures": failures,
-                "fit": fit,
-                "elapsed_s": budget.elapsed(),
-            },
-            handle,
-            indent=1,
-            default=str,
-        )
-    print(text, flush=True)
+    text = format_report(args, preset, points, failures, fit, label, plot_name, component_line)
+    results = {"device": label, "dtype": args.dtype, "preset": asdict(preset), "points": points}
+    results.update(failures=failures, fit=fit, elapsed_s=budget.elapsed())
+    write_results(args.output_dir, f"pipeline_{suffix}", text, results)
     print(f"[bench_pipeline] done in {budget.elapsed():.1f} s; outputs in {args.output_dir}", flush=True)
     return text
 

@@ -36,15 +36,14 @@ import argparse
 import copy
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
-import traceback
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from bench_pipeline import cast_like_from_pretrained
+from measure import DTYPES, device_name, peak_mib, time_interleaved, time_interleaved_or_alone
+from report import add_device_arguments, device_defaults, parse_sizes, write_text
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Configurations
@@ -66,7 +65,7 @@ class Preset:
 
 
 PRESETS = {
-    # Issue 3's tiny config: 4 heads x 32, 4 layers, ~300 tokens, plus a ~1k-token case.
+    # The package's tiny test config: 4 heads x 32, 4 layers, ~300 tokens, plus a ~1k-token case.
     "tiny": Preset(4, 32, 4, 512, 128, 64, cases=[(3, 20, 20), (4, 32, 32)]),
     # Wan2.1-1.3B dimensions (the contract defaults): 480x832, 81 frames -> latent 21x60x104, 32,760 tokens.
     "wan1.3b": Preset(12, 128, 30, 8960, 4096, 512, cases=[(21, 60, 104)]),
@@ -92,13 +91,7 @@ def build_models(preset: Preset, dtype: torch.dtype, device: str, seed: int = 0)
         wan = WanTransformer3DModel(text_dim=preset.text_embed_dim, **common)
         torch.manual_seed(seed)
         spacetime = SpacetimeDiTModel(text_embed_dim=preset.text_embed_dim, **common)
-    models = {"Wan": wan, "Spacetime": spacetime}
-    for model in models.values():
-        # As `from_pretrained(torch_dtype=dtype)` loads them: `_keep_in_fp32_modules` stay fp32, the rest is cast.
-        keep = model._keep_in_fp32_modules or []
-        for name, param in model.named_parameters():
-            param.data = param.data.to(torch.float32 if any(k in name.split(".") for k in keep) else dtype)
-    return models
+    return {"Wan": cast_like_from_pretrained(wan, dtype), "Spacetime": cast_like_from_pretrained(spacetime, dtype)}
 
 
 def make_inputs(preset: Preset, case, dtype, device, seed: int = 0):
@@ -137,11 +130,6 @@ def forward_flops(preset: Preset, case) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def make_step(model, mode: str, inputs):
     latents, timestep, text, grad = inputs
 
@@ -161,44 +149,13 @@ def make_step(model, mode: str, inputs):
     return step
 
 
-def time_interleaved(steps: dict, device: str, warmup: int, repeats: int) -> dict:
-    """Median seconds per step; the candidates alternate every repetition so load changes hit all alike."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-        synchronize(device)
-    samples = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def matmul_ceiling(device: str, dtype: torch.dtype) -> float:
     """TFLOP/s of a large square matmul in this process: the practical ceiling for the rows below."""
     size = 8192 if device == "cuda" else 1024
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    times = {}
-    times["mm"] = time_interleaved({"mm": lambda: a @ b}, device, warmup=2, repeats=10)["mm"]
-    return 2 * size**3 / times["mm"] / 1e12
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    seconds = time_interleaved({"mm": lambda: a @ b}, device, warmup=2, repeats=10)["mm"]
+    return 2 * size**3 / seconds / 1e12
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,15 +182,6 @@ def cpu_step_peak_mib(step) -> float | None:
         return (_rss_kib("VmHWM") - baseline) / 1024
     except (OSError, RuntimeError):
         return None
-
-
-def cuda_step_peak_mib(step) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
 
 
 def cpu_memory_probe(args) -> None:
@@ -274,7 +222,6 @@ def cpu_memory(args) -> dict:
 # 4. Main
 # ----------------------------------------------------------------------------------------------------------------
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -320,11 +267,8 @@ def format_table(rows: list[Row], ceiling: float, header: str) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Where to run.")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: fp32 on CPU, bf16 on CUDA.")
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default=None, help="Default: tiny on CPU, wan1.3b on CUDA."
-    )
+    add_device_arguments(parser)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="Default: tiny on CPU, wan1.3b on CUDA.")
     parser.add_argument("--steps", type=int, default=None, help="Timed repetitions per row (default 20 CPU, 10 CUDA).")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed repetitions before timing.")
     parser.add_argument("--cases", nargs="+", default=None, help="Latent sizes FxHxW overriding the preset's.")
@@ -336,36 +280,20 @@ def parse_args(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory measurement.")
     parser.add_argument("--output", default=None, help="Write the Markdown table here.")
     parser.add_argument("--_memory-probe", dest="_memory_probe", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    args = device_defaults(parser.parse_args(argv))
     args.preset = args.preset or ("wan1.3b" if args.device == "cuda" else "tiny")
     args.steps = args.steps or (10 if args.device == "cuda" else 20)
     if args.cases:
         try:
-            cases = [tuple(int(size) for size in case.lower().split("x")) for case in args.cases]
-        except ValueError:
-            parser.error(f"--cases takes FxHxW sizes, got {args.cases}")
-        if any(len(case) != 3 for case in cases):
-            parser.error(f"--cases takes FxHxW sizes, got {args.cases}")
-        PRESETS[args.preset] = replace(PRESETS[args.preset], cases=cases)
+            PRESETS[args.preset] = replace(PRESETS[args.preset], cases=parse_sizes(args.cases))
+        except ValueError as error:
+            parser.error(f"--cases: {error}")
     return args
 
 
-def main(args) -> str:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args._memory_probe:
-        cpu_memory_probe(args)
-        return ""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device visible")
-    device, dtype, preset = args.device, DTYPES[args.dtype], PRESETS[args.preset]
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # only affects fp32 runs; both models alike
-    ceiling = matmul_ceiling(device, dtype)
-    print(f"device: {device_name(device)}; matmul ceiling {ceiling:.2f} TFLOP/s ({args.dtype})", flush=True)
-
-    models = build_models(preset, dtype, device)
+def model_variants(models: dict, args) -> list[tuple[bool, dict]]:
+    """`[(compiled, {name: model or the compile error as text})]`: the eager models, then (unless --no-compile)
+    regionally compiled copies, each with the backend and gradient checkpointing that the flags ask for."""
     if args.attention_backend:
         for model in models.values():
             model.set_attention_backend(args.attention_backend)
@@ -384,70 +312,84 @@ def main(args) -> str:
             for model in group.values():
                 if not isinstance(model, str):
                     model.enable_gradient_checkpointing()
+    return variants
 
+
+def time_group(group: dict, compiled: bool, case, mode: str, inputs, args) -> list[Row]:
+    """One row per model of `group` for one case and step kind, the models timed interleaved."""
+    preset, device = PRESETS[args.preset], args.device
+    steps, failed = {}, {}
+    for name, model in group.items():
+        if isinstance(model, str):
+            failed[name] = model
+            continue
+        model.train(mode != "fwd")
+        steps[name] = make_step(model, mode, inputs)
+    times = time_interleaved_or_alone(steps, device, args.warmup, args.steps)
+    failed.update({name: value for name, value in times.items() if isinstance(value, str)})
+    tokens, flops = num_tokens(preset, case), forward_flops(preset, case)
+    rows = []
+    for name in group:
+        row = Row(f"{case[0]}x{case[1]}x{case[2]}", tokens, mode, compiled, name, note=failed.get(name, ""))
+        if name not in failed:
+            row.seconds = times[name]
+            row.tflops = flops * (1 if mode == "fwd" else 3) / row.seconds / 1e12
+            if device == "cuda" and not args.no_memory:
+                try:
+                    row.peak_mib = peak_mib(steps[name], device)
+                except Exception:  # noqa: BLE001 - out of memory: the row keeps its time
+                    torch.cuda.empty_cache()
+        rows.append(row)
+        print(asdict(row), flush=True)
+    return rows
+
+
+def table_header(args, ceiling: float) -> str:
+    preset = PRESETS[args.preset]
+    return (
+        f"Device: {device_name(args.device)}; dtype {args.dtype}; preset `{args.preset}` "
+        f"({preset.num_attention_heads} heads x {preset.attention_head_dim}, {preset.num_layers} layers, "
+        f"ffn {preset.ffn_dim}, {preset.text_tokens} text tokens of width {preset.text_embed_dim}, "
+        f"patch {preset.patch_size}); gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
+        f"attention backend {args.attention_backend or 'default'}; torch {torch.__version__}; median of "
+        f"{args.steps} after {args.warmup} warm-up; matmul ceiling {ceiling:.2f} TFLOP/s. Peak memory: "
+        + ("every row." if args.device == "cuda" else "eager rows (one subprocess per model).")
+    )
+
+
+def main(args) -> str:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._memory_probe:
+        cpu_memory_probe(args)
+        return ""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    device, dtype, preset = args.device, DTYPES[args.dtype], PRESETS[args.preset]
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # only affects fp32 runs; both models alike
+    ceiling = matmul_ceiling(device, dtype)
+    print(f"device: {device_name(device)}; matmul ceiling {ceiling:.2f} TFLOP/s ({args.dtype})", flush=True)
+
+    variants = model_variants(build_models(preset, dtype, device), args)
     rows = []
     for case in preset.cases:
         inputs = make_inputs(preset, case, dtype, device)
-        tokens, flops = num_tokens(preset, case), forward_flops(preset, case)
         for mode in args.modes:
-            for is_compiled, group in variants:
-                label = f"{case[0]}x{case[1]}x{case[2]}"
-                steps, failed = {}, {}
-                for name, model in group.items():
-                    if isinstance(model, str):
-                        failed[name] = model
-                        continue
-                    model.train(mode != "fwd")
-                    steps[name] = make_step(model, mode, inputs)
-                times = {}
-                try:
-                    times = time_interleaved(steps, device, args.warmup, args.steps)
-                except Exception as error:  # noqa: BLE001 - e.g. a compile error at first call, or OOM
-                    traceback.print_exc()
-                    # Retry one at a time so a failure of one model does not hide the other's number.
-                    for name, step in steps.items():
-                        try:
-                            times.update(time_interleaved({name: step}, device, args.warmup, args.steps))
-                        except Exception as single_error:  # noqa: BLE001
-                            failed[name] = f"{type(single_error).__name__}: {str(single_error)[:60]}"
-                    del error
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                for name in group:
-                    row = Row(label, tokens, mode, is_compiled, name, note=failed.get(name, ""))
-                    if name in times:
-                        row.seconds = times[name]
-                        row.tflops = flops * (1 if mode == "fwd" else 3) / row.seconds / 1e12
-                        if device == "cuda" and not args.no_memory:
-                            try:
-                                row.peak_mib = cuda_step_peak_mib(steps[name])
-                            except Exception:  # noqa: BLE001
-                                torch.cuda.empty_cache()
-                    rows.append(row)
-                    print(asdict(row), flush=True)
+            for compiled, group in variants:
+                rows += time_group(group, compiled, case, mode, inputs, args)
 
     if device == "cpu" and not args.no_memory:
-        del variants, models
+        del variants  # freed before the probe subprocesses build their own models
         memory = cpu_memory(args)
         for row in rows:
             if not row.compiled:
                 case = next(c for c in preset.cases if f"{c[0]}x{c[1]}x{c[2]}" == row.case)
                 row.peak_mib = memory.get((row.model, f"{case}|{row.mode}"))
 
-    header = (
-        f"Device: {device_name(device)}; dtype {args.dtype}; preset `{args.preset}` "
-        f"({preset.num_attention_heads} heads x {preset.attention_head_dim}, {preset.num_layers} layers, "
-        f"ffn {preset.ffn_dim}, {preset.text_tokens} text tokens of width {preset.text_embed_dim}, "
-        f"patch {preset.patch_size}); gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
-        f"attention backend {args.attention_backend or 'default'}; torch {torch.__version__}; median of "
-        f"{args.steps} after {args.warmup} warm-up; matmul ceiling {ceiling:.2f} TFLOP/s. Peak memory: "
-        + ("every row." if device == "cuda" else "eager rows (one subprocess per model).")
-    )
-    table = format_table(rows, ceiling, header)
+    table = format_table(rows, ceiling, table_header(args, ceiling))
     print(table)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(table + "\n")
+    write_text(table, args.output)
     return table
 
 

@@ -9,11 +9,11 @@ Two sections, one Markdown report (stdout, and `--output`):
    channels): encode and decode time and peak memory, untiled and tiled. On CUDA both use their default configs; on
    CPU both use the same small widths (`--width`, Wan's `base_dim`) so that the run fits a few minutes.
 
-Peak memory: on CUDA, `torch.cuda.max_memory_allocated` above what was allocated before the call. On CPU, the peak
-of live tensor storage that the call allocates, tracked by a `TorchDispatchMode` (the CPU analogue of
-`max_memory_allocated`; kernels' private scratch buffers are not seen). Both exclude weights and inputs and include
-the output. Peak RSS (`ru_maxrss`) was tried first and is unusable here: on this host's kernel it missed buffers
-that were mapped and unmapped within the call. Each CPU case runs in a fresh subprocess. Weights are random: errors
+Peak memory (`measure.peak_mib`): on CUDA, `torch.cuda.max_memory_allocated` above what was allocated before the
+call. On CPU, the peak of live tensor storage that the call allocates, tracked by a `TorchDispatchMode` (the CPU
+analogue of `max_memory_allocated`; kernels' private scratch buffers are not seen). Both exclude weights and inputs
+and include the output. Peak RSS (`ru_maxrss`) is not used: on some kernels it misses buffers that are mapped and
+unmapped within the call. Each CPU case runs in a fresh subprocess. Weights are random: errors
 are those of an untrained network, whose receptive field is as wide as a trained one's. Timings are the best of
 `--repeats` runs after one warm-up run (the memory run).
 
@@ -26,16 +26,13 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
-import weakref
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from measure import device_name, peak_mib, timed
+from report import write_text
 
 # Runs from a checkout without installing the package
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -126,18 +123,23 @@ def smooth_video(num_frames: int, height: int, width: int, device: str, dtype: t
     return (video / video.abs().amax()).clamp(-1, 1).to(device=device, dtype=dtype)
 
 
+def tiling_arguments(size: int, stride: int, frames: int | None = None) -> dict:
+    """`vae.enable_tiling()` arguments: `size`-px square tiles every `stride` px, and `frames`-frame temporal tiles
+    end to end where given."""
+    tiles = {"tile_sample_min_height": size, "tile_sample_min_width": size}
+    tiles |= {"tile_sample_stride_height": stride, "tile_sample_stride_width": stride}
+    if frames:
+        tiles |= {"tile_sample_min_num_frames": frames, "tile_sample_stride_num_frames": frames}
+    return tiles
+
+
 def case_function(vae, case: dict, device: str, dtype: torch.dtype):
     """The call to measure, with its inputs built outside it."""
     spatial, temporal = 8 if case["preset"] != "tiny" else 4, 4
     num_frames, height, width = case["shape"]
     if case.get("tile"):
-        tile = case["tile"]
-        settings = {"tile_sample_min_height": tile, "tile_sample_min_width": tile}
-        settings |= {"tile_sample_stride_height": tile * 3 // 4, "tile_sample_stride_width": tile * 3 // 4}
-        if case["model"] == "spacetime" and case.get("tile_frames"):
-            frames = case["tile_frames"]
-            settings |= {"tile_sample_min_num_frames": frames, "tile_sample_stride_num_frames": frames}
-        vae.enable_tiling(**settings)
+        frames = case.get("tile_frames") if case["model"] == "spacetime" else None  # Wan tiles space only
+        vae.enable_tiling(**tiling_arguments(case["tile"], case["tile"] * 3 // 4, frames))
     if case["op"].startswith("encode"):
         video = smooth_video(num_frames, height, width, device, dtype)
         if case["op"] == "encode_whole":  # reference: one pass over the whole clip, no causal chunks
@@ -154,60 +156,14 @@ def case_function(vae, case: dict, device: str, dtype: torch.dtype):
 # 2. Measuring one case
 
 
-class PeakTensorMemory(TorchDispatchMode):
-    """Peak bytes of tensor storage alive at once, counting storages created while the mode is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = self.peak = 0
-        self.live = set()
-
-    def _release(self, key: int, num_bytes: int) -> None:
-        self.live.discard(key)
-        self.current -= num_bytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(output)[0]:
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key, num_bytes = storage.data_ptr(), storage.nbytes()
-            if num_bytes == 0 or key in self.live:  # views and in-place results share a counted storage
-                continue
-            self.live.add(key)
-            self.current += num_bytes
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._release, key, num_bytes)  # runs when the storage is freed
-        return output
-
-
 def measure(case: dict, device: str, dtype: torch.dtype, repeats: int, width: int) -> dict:
     vae = build_model(case["model"], case["preset"], width, device, dtype)
     function = case_function(vae, case, device, dtype)
     with torch.no_grad():
         gc.collect()
-        start = time.perf_counter()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            baseline = torch.cuda.memory_allocated()
-            function()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - baseline
-        else:
-            with PeakTensorMemory() as tracker:
-                function()
-            peak = tracker.peak
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            function()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return {"time_s": min(times) if times else first, "peak_mib": peak / 2**20}
+        peak, first = timed(lambda: peak_mib(function, device), device)  # the warm-up run
+        times = [timed(function, device)[1] for _ in range(repeats)]
+    return {"time_s": min(times) if times else first, "peak_mib": peak}
 
 
 def run_case(case: dict, args) -> dict:
@@ -237,9 +193,7 @@ def tiling_section(args) -> list[str]:
     torch.manual_seed(0)
     vae = AutoencoderKLSpacetime(**TINY_CONFIG).to(device=args.device, dtype=dtype).eval()
     video = smooth_video(num_frames, size, size, args.device, dtype)
-    tiles = {"tile_sample_min_height": tile, "tile_sample_min_width": tile, "tile_sample_min_num_frames": tile_frames}
-    tiles |= {"tile_sample_stride_height": tile * 3 // 4, "tile_sample_stride_width": tile * 3 // 4}
-    tiles |= {"tile_sample_stride_num_frames": tile_frames}
+    tiles = tiling_arguments(tile, tile * 3 // 4, tile_frames)
     with torch.no_grad():
         latents = vae.encode(video).latent_dist.mode()
         decoded = vae.decode(latents).sample
@@ -268,8 +222,9 @@ def tiling_section(args) -> list[str]:
     lines = [
         f"## 1. Tiling on a long clip: {num_frames} frames at {size}x{size}, tiny config",
         "",
-        f"Config `{TINY_CONFIG}` (4x4 spatial, 4x temporal), random weights. Tiles: {tile} px every {tile * 3 // 4} px, "
-        f"{tile_frames} frames every {tile_frames} frames. The decoded video alone is {output_mib:.1f} MiB.",
+        f"Config `{TINY_CONFIG}` (4x4 spatial, 4x temporal), random weights. Tiles: {tile} px every "
+        f"{tile * 3 // 4} px, {tile_frames} frames every {tile_frames} frames. "
+        f"The decoded video alone is {output_mib:.1f} MiB.",
         "",
         "| | max / mean abs error, tiled vs untiled |",
         "|---|---|",
@@ -326,17 +281,6 @@ def wan_section(args) -> list[str]:
     return lines
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as file:
-            model = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"CPU {model}"
-
-
 def main(args) -> None:
     import diffusers
 
@@ -348,11 +292,10 @@ def main(args) -> None:
         print(json.dumps(measure(case, "cpu", getattr(torch, args.dtype), args.repeats, args.width)))
         return
 
-    threads = f", {args.threads} thread(s)" if args.device == "cpu" else ""
     lines = [
         "# VAE benchmark",
         "",
-        f"Device: {device_name(args.device)}{threads}; dtype {args.dtype}; torch {torch.__version__}, "
+        f"Device: {device_name(args.device)}; dtype {args.dtype}; torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}. Time: best of {args.repeats} after a warm-up. Peak memory: "
         f"{'max_memory_allocated' if args.device == 'cuda' else 'peak live tensor storage'} during the call, above "
         "weights and inputs, output included.",
@@ -367,10 +310,7 @@ def main(args) -> None:
     if not args.skip_wan:
         lines += wan_section(args) + [""]
     print("\n".join(lines[printed:]), flush=True)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as file:
-            file.write("\n".join(lines))
+    write_text("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU run of issue 9's pipeline and feature benchmarks (bf16, random weights, ~3 min on an H100/H200).
+# One-shot GPU run of the pipeline and feature benchmarks (bf16, random weights, ~3 min on an H100/H200).
 #
 #   OUT=/some/folder bash benchmarks/run_gpu.sh      # from the repository root; OUT defaults to benchmarks/results
 #

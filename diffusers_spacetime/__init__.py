@@ -6,8 +6,8 @@ Exported classes report ``__module__ == "diffusers_spacetime"`` so that saved ``
 
 import diffusers
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401  (the pipeline loader looks these up here)
-from diffusers.pipelines import pipeline_loading_utils
 
+from .diffusers_internals import register_loadable_library
 from .loaders.lora import SpacetimeLoraLoaderMixin
 from .models.autoencoder_kl_spacetime import AutoencoderKLSpacetime
 from .models.transformer_spacetime import SpacetimeDiTModel
@@ -32,13 +32,9 @@ _PIPELINES = (SpacetimeVideoPipeline, SpacetimeImageToVideoPipeline)
 for _cls in (*_MODELS, *_PIPELINES, SpacetimeLoraLoaderMixin, SpacetimeVideoPipelineOutput):
     _cls.__module__ = __name__
 
-# diffusers 0.42 treats a component library outside LOADABLE_CLASSES as remote code when pulling from the Hub
-# (it looks for `transformer/diffusers_spacetime.py`). Registering the package as a regular library makes Hub
-# pulls load our classes with plain `from_pretrained`, like diffusers' own. Private API: pinned in pyproject.
-pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
-    __name__,
-    {"ModelMixin": ["save_pretrained", "from_pretrained"], "SchedulerMixin": ["save_pretrained", "from_pretrained"]},
-)
+# diffusers treats a component library it does not list as remote code when pulling a pipeline from the Hub.
+# Registering the package as a regular library makes Hub pulls load its classes with plain `from_pretrained`.
+register_loadable_library(__name__)
 
 # `DiffusionPipeline.from_pretrained(path)` resolves `_class_name` with `getattr(diffusers, name)`. Exposing our
 # pipelines there (after `import diffusers_spacetime`) makes the generic entry point work without

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .hub.references import is_hub_id
+
 # The default checkpoint: the small model this repository ships (a self-contained pipeline folder).
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "spacetime-shapes"
 TINY_RANDOM = "tiny-random"
@@ -171,18 +173,6 @@ def _resolve_model(model: str | None) -> str:
     return model
 
 
-def _looks_like_hub_id(model: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if model.count("/") != 1 or model.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        return False
-    return True
-
-
 def _load_pipeline(model: str, dtype, seed: int):
     import torch
 
@@ -201,7 +191,7 @@ def _load_pipeline(model: str, dtype, seed: int):
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             raise UserError(f"--model {model!r} is a folder without model_index.json: not a saved pipeline")
         _check_safetensors_files(model)
-    elif not _looks_like_hub_id(model):
+    elif not is_hub_id(model):
         raise UserError(f"--model {model!r}: no such folder (and not a Hub repo id like 'user/model')")
     try:
         return SpacetimeVideoPipeline.from_pretrained(model, dtype=dtype, use_safetensors=True)
@@ -283,9 +273,9 @@ def write_mp4(frames, path: str | os.PathLike, fps: int) -> None:
     export_to_video(list(frames), str(path), fps=fps, macro_block_size=1)
 
 
-def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    _check_output(output, args.gif)
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need no model: output name, scheduler, fps, and the conditioning files."""
+    _check_output(Path(args.output), args.gif)
     if args.scheduler is not None and args.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {args.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
     if args.fps <= 0:
@@ -297,67 +287,52 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} {path!r}: no such file")
     if args.num_conditioning_frames is not None and args.video is None:
         raise UserError("--num-conditioning-frames needs --video")
-    image = _open_image(args.image) if args.image is not None else None
 
+
+def _device(name: str | None):
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(device)
+        return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:
-        raise UserError(f"--device {args.device!r}: {error}") from error
-    dtype = getattr(torch, args.dtype)
+        raise UserError(f"--device {name!r}: {error}") from error
 
-    # Loading bars (one per component) are noise here; the denoising bar stays.
-    import diffusers
-    import transformers
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+def _conditioned(pipe, args: argparse.Namespace, image) -> tuple:
+    """(pipeline, conditioning arguments): the image-to-video pipeline when --image or --video is given."""
+    if image is None and args.video is None:
+        return pipe, {}
+    from diffusers_spacetime import SpacetimeImageToVideoPipeline
 
-    model = _resolve_model(args.model)
-    pipe = _load_pipeline(model, dtype, args.seed)
-    if args.scheduler is not None:
-        pipe.scheduler = _make_scheduler(args.scheduler, pipe.scheduler)
-    conditioning = {}
-    if image is not None or args.video is not None:
-        from diffusers_spacetime import SpacetimeImageToVideoPipeline
+    conditioning = {"image": image, "video": args.video, "resize_mode": args.resize_mode}
+    if args.num_conditioning_frames is not None:
+        conditioning["num_conditioning_frames"] = args.num_conditioning_frames
+    return SpacetimeImageToVideoPipeline.from_pipe(pipe), conditioning
 
-        pipe = SpacetimeImageToVideoPipeline.from_pipe(pipe)
-        conditioning = {"image": image, "video": args.video, "resize_mode": args.resize_mode}
-        if args.num_conditioning_frames is not None:
-            conditioning["num_conditioning_frames"] = args.num_conditioning_frames
+
+def _generate(pipe, args: argparse.Namespace, conditioning: dict):
+    """The video as (F, H, W, 3) floats in [0, 1]; the pipeline's input errors become one-line user errors."""
+    import torch
+
+    text = {"prompt": args.prompt, "negative_prompt": args.negative_prompt}
+    size = {"height": args.height, "width": args.width, "num_frames": args.num_frames}
+    sampling = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "output_type": "np"}
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
     try:
-        pipe.to(device)
-    except (RuntimeError, AssertionError) as error:
-        raise UserError(f"--device {str(device)!r} is not usable: {str(error).splitlines()[0]}") from error
-
-    start = time.perf_counter()
-    try:
-        frames = pipe(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            height=args.height,
-            width=args.width,
-            num_frames=args.num_frames,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(args.seed),
-            output_type="np",
-            **conditioning,
-        ).frames[0]  # (F, H, W, 3) in [0, 1]
+        output = pipe(generator=generator, **text, **size, **sampling, **conditioning)
     except ValueError as error:  # the pipeline's input validation
         raise UserError(str(error)) from error
-    seconds = time.perf_counter() - start
+    return output.frames[0]
 
-    written = []
+
+def _write(frames, output: Path, args: argparse.Namespace) -> list[Path]:
+    """Write the video (and the --gif copy); returns the files written."""
+    written = [output]
     try:
         if output.suffix.lower() == ".gif":
             write_gif(frames, output, args.fps)
-            written.append(output)
         else:
             write_mp4(frames, output, args.fps)
-            written.append(output)
             if args.gif:
                 write_gif(frames, output.with_suffix(".gif"), args.fps)
                 written.append(output.with_suffix(".gif"))
@@ -366,6 +341,37 @@ def run(args: argparse.Namespace) -> int:
     for path in written:  # imageio's ffmpeg writer can fail without raising
         if not path.is_file() or path.stat().st_size == 0:
             raise UserError(f"could not write {str(path)!r} (nothing was written; is the folder writable?)")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    image = _open_image(args.image) if args.image is not None else None
+
+    import torch
+
+    device = _device(args.device)
+    # Loading bars (one per component) are noise here; the denoising bar stays.
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    model = _resolve_model(args.model)
+    pipe = _load_pipeline(model, getattr(torch, args.dtype), args.seed)
+    if args.scheduler is not None:
+        pipe.scheduler = _make_scheduler(args.scheduler, pipe.scheduler)
+    pipe, conditioning = _conditioned(pipe, args, image)
+    try:
+        pipe.to(device)
+    except (RuntimeError, AssertionError) as error:
+        raise UserError(f"--device {str(device)!r} is not usable: {str(error).splitlines()[0]}") from error
+
+    start = time.perf_counter()
+    frames = _generate(pipe, args, conditioning)
+    seconds = time.perf_counter() - start
+    written = _write(frames, Path(args.output), args)
     num_frames, height, width = frames.shape[:3]
     task = ""
     if args.image is not None:

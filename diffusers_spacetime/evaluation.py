@@ -1,10 +1,11 @@
-"""Temporal-coherence metrics for generated videos of one colored object on a neutral scene.
+"""Temporal-coherence metrics for generated videos of one colored object on a neutral scene: the shapes world.
 
-The seed lesson's central claim is that per-frame generation flickers while spacetime generation stays coherent.
-These functions measure it on videos of the kind the synthetic shapes data holds (`training/make_shapes_dataset.py`):
-one saturated object (circle, square or triangle) on a gray-scale background, possibly behind a gray wall. The
-detector needs no learning: the scene is neutral (R = G = B) and the object is saturated, so a pixel's saturation
-separates object from scene, and the object's geometry (fill ratio of its bounding box) names its shape.
+Per-frame generation flickers where spacetime generation stays coherent; these functions measure how much, on
+videos of the shapes world whose tables live here (`SHAPES_PALETTE`, `SHAPE_FILL_RATIOS`, `DIRECTION_VECTORS`): one
+saturated object (circle, square or triangle) on a gray-scale background, possibly behind a gray wall. The synthetic
+training data (`training/make_shapes_dataset.py`) draws from the same tables. The detector needs no learning: the
+scene is neutral (R = G = B) and the object is saturated, so a pixel's saturation separates object from scene, and
+the object's geometry (fill ratio of its bounding box) names its shape.
 
 Metrics, per video:
     adherence      color, shape and direction match the prompt's (booleans; averaged to % over a set)
@@ -16,6 +17,7 @@ Metrics, per video:
     persistence    share of the frames in which the object is found (where it should be visible)
     reemerged      for occluder prompts: the object is seen before and after the wall with the same color and shape,
                    and it came out on the far side (a consistent trajectory)
+Plus `psnr`, the reconstruction metric of a VAE.
 
 Frames are `(F, H, W, 3)` arrays: floats in [0, 1] (the pipelines' `output_type="np"`) or uint8.
 """
@@ -27,8 +29,20 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+# Saturated colors, far apart in RGB, so that nearest-palette classification of a pixel is unambiguous; every
+# background and the wall are neutral gray (R = G = B), so saturation alone separates the object from the rest.
+# A mutable dict: `make_shapes_dataset.add_color` extends it for the process (a LoRA's new color word).
+SHAPES_PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (150, 60, 190),
+    "cyan": (30, 180, 200),
+}
 # Fill ratio of the bounding box for each shape: a disc covers pi/4 of its square, an isosceles triangle half.
 SHAPE_FILL_RATIOS = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+# Direction -> unit vector (dx, dy) in image coordinates (y down).
 DIRECTION_VECTORS = {
     "left_to_right": (1, 0),
     "right_to_left": (-1, 0),
@@ -55,11 +69,16 @@ class ObjectTrack:
         return len(self.present)
 
 
+def _numpy(value) -> np.ndarray:
+    """An array or a torch tensor (any device, any float dtype) as a numpy array."""
+    if hasattr(value, "detach"):  # a torch tensor
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value)
+
+
 def _as_float_frames(frames) -> np.ndarray:
     """Validates and converts frames to float64 (F, H, W, 3) in [0, 1]."""
-    if hasattr(frames, "detach"):  # a torch tensor
-        frames = frames.detach().cpu().float().numpy()
-    frames = np.asarray(frames)
+    frames = _numpy(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"`frames` must have shape (F, H, W, 3), got {tuple(frames.shape)}")
     if frames.dtype == np.uint8:
@@ -112,11 +131,12 @@ def track_object(frames, saturation_threshold: float = 0.2, min_area: int = 4) -
     )
 
 
-def classify_color(rgb: Sequence[float], palette: Mapping[str, Sequence[int]]) -> str:
-    """The palette name nearest to `rgb` (in [0, 1]) by hue-carrying chroma: the color minus its own gray level."""
+def classify_color(rgb: Sequence[float], palette: Mapping[str, Sequence[int]] | None = None) -> str:
+    """The palette name (default: `SHAPES_PALETTE`) nearest to `rgb` (in [0, 1]) by hue-carrying chroma: the color
+    minus its own gray level."""
     rgb = np.asarray(rgb, dtype=np.float64)
     best, best_distance = None, np.inf
-    for name, reference in palette.items():
+    for name, reference in (SHAPES_PALETTE if palette is None else palette).items():
         reference = np.asarray(reference, dtype=np.float64) / 255.0
         # Compare chroma (color minus mean): robust to the lighter/darker cast a decoder may add.
         distance = np.linalg.norm((rgb - rgb.mean()) - (reference - reference.mean()))
@@ -267,14 +287,15 @@ def _subtrack(track: ObjectTrack, indices: np.ndarray) -> ObjectTrack:
     )
 
 
-def evaluate_video(frames, attributes: Mapping[str, str], palette: Mapping[str, Sequence[int]]) -> dict:
+def evaluate_video(frames, attributes: Mapping[str, str], palette: Mapping[str, Sequence[int]] | None = None) -> dict:
     """All metrics of one video against the attributes its prompt states.
 
     Args:
         frames: `(F, H, W, 3)` video, floats in [0, 1] or uint8.
         attributes: at least `color`, `shape`, `direction`; `occluder` ("wall" or "none") when known.
-        palette: color name -> RGB (0..255), e.g. `training.make_shapes_dataset.PALETTE`.
+        palette: color name -> RGB (0..255); default: `SHAPES_PALETTE` (with any colors added to it).
     """
+    palette = SHAPES_PALETTE if palette is None else palette
     for key in ("color", "shape", "direction"):
         if key not in attributes:
             raise ValueError(f"`attributes` must name the prompt's {key!r}; got keys {sorted(attributes)}")
@@ -327,3 +348,10 @@ def summarize(results: Iterable[Mapping]) -> dict[str, float]:
         values = values[~np.isnan(values)]
         summary[key] = float(values.mean()) if len(values) else float("nan")
     return summary
+
+
+def psnr(reference, reconstruction, data_range: float = 255.0) -> float:
+    """PSNR (dB) of a reconstruction against its reference: arrays or tensors of one shape, values in a range
+    `data_range` wide (255 for uint8 pixels, 2 for [-1, 1])."""
+    mse = np.mean((_numpy(reference).astype(np.float64) - _numpy(reconstruction).astype(np.float64)) ** 2)
+    return float(10 * np.log10(data_range**2 / max(mse, 1e-12)))

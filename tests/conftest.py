@@ -12,6 +12,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-model tests: they gain nothing from threads, and two threads per
+    process oversubscribe a shared 2-core machine (up to 30x slower); the previous count comes back afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

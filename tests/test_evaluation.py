@@ -20,7 +20,7 @@ def _clips(limit=None, **fixed):
 def test_detector_matches_ground_truth_on_every_kind_of_clip():
     results = []
     for attributes, spec, frames in _clips(limit=48):
-        metrics = evaluation.evaluate_video(frames, attributes, shapes.PALETTE)
+        metrics = evaluation.evaluate_video(frames, attributes)
         assert metrics["adherent"], (attributes, metrics)
         track = evaluation.track_object(frames)
         truth = shapes.ground_truth(spec)
@@ -73,7 +73,7 @@ def test_flicker_sees_color_and_size_changes():
 
 def test_reemergence_after_wall_and_failure_when_object_vanishes_or_turns():
     attributes, spec, frames = next(_clips(occluder="wall", background="plain"))
-    metrics = evaluation.evaluate_video(frames, attributes, shapes.PALETTE)
+    metrics = evaluation.evaluate_video(frames, attributes)
     assert metrics["reemergence_correct"]
     track = evaluation.track_object(frames)
     truth = shapes.ground_truth(spec)
@@ -81,13 +81,13 @@ def test_reemergence_after_wall_and_failure_when_object_vanishes_or_turns():
     # The object never comes out: everything after the wall is plain wall/background.
     vanished = frames.copy()
     vanished[hidden[0] :] = frames[hidden[0]]
-    assert not evaluation.evaluate_video(vanished, attributes, shapes.PALETTE)["reemergence_correct"]
+    assert not evaluation.evaluate_video(vanished, attributes)["reemergence_correct"]
     # It comes out in another color.
     recolored = frames.copy()
     after = recolored[hidden[-1] + 1 :]
     other = np.array(shapes.PALETTE["green" if attributes["color"] != "green" else "red"], dtype=np.uint8)
     after[track.object_mask[hidden[-1] + 1 :]] = other
-    assert not evaluation.evaluate_video(recolored, attributes, shapes.PALETTE)["reemergence_correct"]
+    assert not evaluation.evaluate_video(recolored, attributes)["reemergence_correct"]
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,22 @@ def test_bad_frames(frames, error):
 
 def test_bad_attributes():
     with pytest.raises(ValueError, match="shape"):
-        evaluation.evaluate_video(
-            np.zeros((3, 8, 8, 3)), {"color": "red", "direction": "left_to_right"}, shapes.PALETTE
-        )
+        evaluation.evaluate_video(np.zeros((3, 8, 8, 3)), {"color": "red", "direction": "left_to_right"})
+
+
+def test_the_package_owns_the_shapes_world_the_data_draws_from():
+    assert shapes.PALETTE is evaluation.SHAPES_PALETTE  # one dict: colors added for a LoRA reach the detector
+    assert shapes.SHAPES == tuple(evaluation.SHAPE_FILL_RATIOS) and shapes.DIRECTIONS is evaluation.DIRECTION_VECTORS
+    attributes, _, frames = next(_clips(color="blue", occluder="none"))
+    palette = {"blue": shapes.PALETTE["blue"], "red": shapes.PALETTE["red"]}
+    default, given = (evaluation.evaluate_video(frames, attributes, *extra) for extra in ((), (palette,)))
+    assert default["detected_color"] == given["detected_color"] == "blue" and default["color_correct"]
+
+
+def test_psnr_of_arrays_and_tensors():
+    import torch
+
+    reference = np.full((2, 4, 4, 3), 100, dtype=np.uint8)
+    assert evaluation.psnr(reference, reference + 1) == pytest.approx(20 * np.log10(255.0))
+    video = torch.zeros(1, 3, 2, 4, 4)  # [-1, 1]: a range 2 wide
+    assert evaluation.psnr(video, video + 0.02, data_range=2.0) == pytest.approx(20 * np.log10(2 / 0.02), rel=1e-5)

@@ -15,14 +15,13 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from training.run_log import truncate_train_log
+
 COMPLETE_MARKER = "training_state.json"
-TRAIN_LOG = "train_log.jsonl"
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 _STALE_PREFIXES = (".tmp-checkpoint-", ".deleting-checkpoint-")
 
@@ -136,31 +135,6 @@ def resume(
     return global_step, first_epoch, skip_batches
 
 
-def step_generator(
-    seed: int, micro_step: int, process_index: int, device: torch.device, num_processes: int = 1
-) -> torch.Generator:
-    """The random numbers of one micro-step depend on (seed, global micro-batch) only: resuming reproduces them.
-
-    accelerate's sharded loader hands process p, at its micro-step m, the global batch m * num_processes + p. Keying
-    on that index gives a P-process run the numbers that one process with P times the gradient accumulation draws
-    for the same batch, so the two train the same model.
-    """
-    return torch.Generator(device=device).manual_seed(micro_batch_seed(seed, micro_step, process_index, num_processes))
-
-
-def micro_batch_seed(seed: int, micro_step: int, process_index: int, num_processes: int = 1, stream: int = 0) -> int:
-    """The seed of `step_generator` (stream 0); other streams give independent seeds for the same micro-batch."""
-    micro_batch = micro_step * num_processes + process_index
-    return int(np.random.SeedSequence([seed, micro_batch, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def tracker_config(args) -> dict:
-    """The run's arguments as tracker hyperparameters (plain values; anything else as its string)."""
-    return {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()
-    }
-
-
 def remove_stale(output_dir: str | os.PathLike) -> None:
     """Removes leftovers of killed runs (temporary and half-deleted checkpoints). Main process only."""
     output_dir = Path(output_dir)
@@ -222,101 +196,3 @@ def save_folder_atomically(save_fn, destination: str | os.PathLike) -> Path:
     os.replace(tmp, destination)
     _fsync_path(destination.parent)
     return destination
-
-
-def append_train_log(output_dir: str | os.PathLike, row: dict) -> None:
-    """Appends one JSON line to `output_dir/train_log.jsonl` (main process only): step, loss, lr, ..."""
-    with open(Path(output_dir) / TRAIN_LOG, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
-
-
-def read_train_log(output_dir: str | os.PathLike) -> list[dict]:
-    """The rows of `train_log.jsonl`; a resumed run's rows follow the interrupted run's, so later rows win per step."""
-    path = Path(output_dir) / TRAIN_LOG
-    if not path.exists():
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def truncate_train_log(output_dir: str | os.PathLike, global_step: int) -> None:
-    """Drops log rows after `global_step` (a resumed run rewrites them); main process only."""
-    rows = [row for row in read_train_log(output_dir) if row.get("step", 0) <= global_step]
-    path = Path(output_dir) / TRAIN_LOG
-    if path.exists():
-        tmp = path.with_name(TRAIN_LOG + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(tmp, path)
-
-
-def add_checkpoint_arguments(parser) -> None:
-    """Adds --checkpointing_steps, --checkpoints_total_limit and --resume_from_checkpoint to an argparse parser."""
-    group = parser.add_argument_group("checkpoints")
-    group.add_argument(
-        "--checkpointing_steps",
-        type=int,
-        default=500,
-        help="Save an atomic accelerate checkpoint (output_dir/checkpoint-<step>) every n optimizer steps.",
-    )
-    group.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
-        default=None,
-        help="Keep at most this many checkpoints; the oldest go once a newer one is complete.",
-    )
-    group.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help="A checkpoint folder, or 'latest' for the newest complete one in output_dir (a fresh start if none).",
-    )
-
-
-def check_run_arguments(args) -> None:
-    """ValueError naming the flag for a bad value of the optimisation, loop and checkpoint flags the scripts share.
-
-    Checks only the flags `args` has; without this, `--checkpointing_steps 0` fails with a ZeroDivisionError after
-    the first step, `--checkpoints_total_limit 0` deletes every checkpoint as it is written, and
-    `--max_train_steps 0` silently falls back to `--num_train_epochs`.
-    """
-    from diffusers.optimization import SchedulerType
-
-    def flag(name):
-        return getattr(args, name, None)
-
-    for name in (
-        "train_batch_size", "num_train_epochs", "max_train_steps", "gradient_accumulation_steps",
-        "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "validation_inference_steps",
-        "max_sequence_length",
-    ):  # fmt: skip
-        value = flag(name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be at least 1, got {value}")
-    for name in ("learning_rate", "max_train_time", "max_grad_norm"):
-        value = flag(name)
-        if value is not None and not 0 < value < float("inf"):
-            raise ValueError(f"--{name} must be a positive number, got {value}")
-    for name in ("lr_warmup_steps", "adam_weight_decay", "adam_epsilon", "validation_guidance_scale"):
-        value = flag(name)
-        if value is not None and not 0 <= value < float("inf"):
-            raise ValueError(f"--{name} must be 0 or more, got {value}")
-    for name in ("adam_beta1", "adam_beta2"):
-        value = flag(name)
-        if value is not None and not 0 <= value < 1:
-            raise ValueError(f"--{name} must be in [0, 1), got {value}")
-    schedules = [schedule.value for schedule in SchedulerType]
-    if flag("lr_scheduler") is not None and flag("lr_scheduler") not in schedules:
-        raise ValueError(f"--lr_scheduler must be one of {schedules}, got {flag('lr_scheduler')!r}")
-    resume = flag("resume_from_checkpoint")
-    if resume is not None and resume != "latest" and not resume.strip():
-        raise ValueError("--resume_from_checkpoint must be 'latest' or a checkpoint folder, got an empty string")
-
-
-def out_of_time(accelerator, start: float, limit: float | None) -> bool:
-    """Whether `limit` seconds (--max_train_time) have passed since `start` (time.monotonic()), on any process.
-
-    Every process gets the same answer (a max over processes), so all of them stop after the same step.
-    """
-    if not limit:
-        return False
-    expired = torch.tensor([float(time.monotonic() - start >= limit)], device=accelerator.device)
-    return bool(accelerator.reduce(expired, reduction="max").item())

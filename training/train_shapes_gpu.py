@@ -10,10 +10,10 @@ per-frame baseline (`attention_span="frame"`) in lockstep, from the same initial
 captions, noise and timesteps: identical treatment by construction. Its data is a pool of clips rendered on the
 device and encoded once; every draw of a clip gets a caption drawn from a bank of encoded phrasings of its
 combination (`make_shapes_dataset.varied_caption`, training phrasings; the canonical one a quarter of the time), so
-the model sees each direction said many ways. The two
-stages share no state, so they run at once on one GPU. Each writes fp16 weights atomically every
-`--save_every_seconds` and at the end, so a run cut short still returns its last weights; `--init_from` continues
-from a previous run's returned weights (a fresh optimizer: moments are not returned, to keep the files small).
+the model sees each direction said many ways. The two stages share no state, so they run at once on one GPU. Each
+writes fp16 weights atomically every `--save_every_seconds` and at the end, so a run cut short still returns its
+last weights; `--init_from` continues from a previous run's returned weights (a fresh optimizer: moments are not
+returned, to keep the files small).
 
 Why a loop of its own rather than train_text_to_video.py: data is rendered on the device and captions are drawn
 per step (no files, no data loader), and two models step together on one batch; the pieces are shared
@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,84 +45,87 @@ if __package__ in (None, ""):  # run as a file: find `training`
 from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 
 from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel, SpacetimeVideoPipeline, evaluation
+from diffusers_spacetime.evaluation import psnr
 from training import make_shapes_dataset as shapes
 from training.checkpointing import save_folder_atomically
-from training.evaluate import psnr
+from training.evaluate import to_uint8
+from training.flow_matching import condition_mask
 from training.shapes_render import draw_specs, render_specs
 from training.slim_text_encoder import check_vocabulary, load_slim
 from training.train_autoencoder import color_augmentation, saturation_weights
-from training.train_text_to_video import condition_mask
 
 REPO = Path(__file__).resolve().parents[1]
 SPANS = ("spacetime", "frame")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+# (flag, type, default, help) of the numbers each stage tunes; the help says which stage reads a flag.
+NUMBER_FLAGS = (
+    ("max_train_steps", int, None, "Stop after this many steps as well."),
+    ("train_batch_size", int, None, "Clips per step (vae 48, dit 256)."),
+    ("learning_rate", float, None, "Peak learning rate (vae 2e-4, dit 4e-4)."),
+    ("lr_warmup_steps", int, 200, "Linear warm-up, then cosine to 10%% by time."),
+    ("pool_size", int, 40000, "dit: clips rendered and encoded once."),
+    ("captions_per_combination", int, 24, "dit: encoded phrasings per combination."),
+    ("caption_dropout", float, 0.1, "dit: share of empty captions."),
+    ("canonical_caption_prob", float, 0.25, "dit: share of canonical captions."),
+    ("condition_frames_prob", float, 0.25, "dit: image-to-video training."),
+    ("max_condition_frames", int, 2, "dit: most clean latent frames."),
+    ("flow_shift", float, 3.0, "dit: shift of the training sigmas."),
+    ("logit_mean", float, 0.5, "dit: logit-normal mean (>0: more high noise)."),
+    ("ema_decay", float, 0.999, "dit: EMA decay of the shipped weights."),
+    ("max_text_tokens", int, 40, "dit: fixed token budget (one compiled shape)."),
+    ("saturation_weight", float, 20.0, "vae: loss weight on colored pixels."),
+    ("edge_weight", float, 0.5, "vae: weight of the image-gradient L1."),
+    ("color_augmentation", float, 0.5, "vae: share of recolored clips."),
+    ("num_eval_clips", int, 48, "Clips/prompts of the final measurements."),
+    ("check_steps", int, 25, "dit: denoising steps of the final generations."),
+    ("probe_every", int, 500, "dit: steps between sign probes."),
+    ("log_every", int, 50, "Steps between log lines."),
+    ("save_every_seconds", float, 90.0, "Seconds between weight saves."),
+    ("seed", int, 0, "Seed of data, captions, noise and initial weights."),
+)
+POSITIVE_FLAGS = ("max_train_time", "pool_size", "num_eval_clips", "probe_every", "log_every", "max_text_tokens",
+                  "check_steps", "captions_per_combination")  # fmt: skip
+PROBABILITY_FLAGS = ("caption_dropout", "canonical_caption_prob", "condition_frames_prob", "color_augmentation")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags, each with its help."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", required=True, choices=("vae", "dit"), help="What to train.")
     parser.add_argument("--output_dir", required=True, help="Run folder: weights, train logs, results.")
-    parser.add_argument(
-        "--base_model",
-        default=str(REPO / "checkpoints" / "spacetime-shapes"),
-        help="Pipeline folder whose VAE, text encoder, tokenizer and scheduler are used (and whose VAE is tuned).",
-    )
-    parser.add_argument(
-        "--transformer_config",
-        default=str(REPO / "training" / "configs" / "dit_shapes_text.json"),
-        help="JSON config of the transformers (attention_span is set per model).",
-    )
-    parser.add_argument(
-        "--text_encoder",
-        default=None,
-        help="dit: a slim text encoder folder (training/slim_text_encoder.py) instead of the base model's: the same "
-        "states for every caption the run encodes, in half the size that the device has to carry.",
-    )
-    parser.add_argument(
-        "--init_from", default=None, help="A previous run's output_dir: continue from its returned weights."
-    )
     parser.add_argument("--max_train_time", type=float, required=True, help="Seconds of training (the loop's budget).")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="Stop after this many steps as well.")
-    parser.add_argument("--train_batch_size", type=int, default=None, help="Clips per step (vae 48, dit 256).")
-    parser.add_argument("--learning_rate", type=float, default=None, help="Peak learning rate (vae 2e-4, dit 4e-4).")
-    parser.add_argument("--lr_warmup_steps", type=int, default=200, help="Linear warm-up, then cosine to 10% by time.")
-    parser.add_argument("--pool_size", type=int, default=40000, help="dit: clips rendered and encoded once.")
-    parser.add_argument(
-        "--captions_per_combination", type=int, default=24, help="dit: encoded phrasings per combination."
-    )
-    parser.add_argument("--caption_dropout", type=float, default=0.1, help="dit: share of empty captions.")
-    parser.add_argument("--canonical_caption_prob", type=float, default=0.25, help="dit: share of canonical captions.")
-    parser.add_argument("--condition_frames_prob", type=float, default=0.25, help="dit: image-to-video training.")
-    parser.add_argument("--max_condition_frames", type=int, default=2, help="dit: most clean latent frames.")
-    parser.add_argument("--flow_shift", type=float, default=3.0, help="dit: shift of the training sigmas.")
-    parser.add_argument("--logit_mean", type=float, default=0.5, help="dit: logit-normal mean (>0: more high noise).")
-    parser.add_argument("--ema_decay", type=float, default=0.999, help="dit: EMA decay of the shipped weights.")
-    parser.add_argument(
-        "--max_text_tokens", type=int, default=40, help="dit: fixed token budget (one compiled shape)."
-    )
-    parser.add_argument("--saturation_weight", type=float, default=20.0, help="vae: loss weight on colored pixels.")
-    parser.add_argument("--edge_weight", type=float, default=0.5, help="vae: weight of the image-gradient L1.")
-    parser.add_argument("--color_augmentation", type=float, default=0.5, help="vae: share of recolored clips.")
+    folders = (  # (flag, default, help)
+        ("base_model", str(REPO / "checkpoints" / "spacetime-shapes"), "Pipeline folder whose VAE, text encoder, "
+         "tokenizer and scheduler are used (and whose VAE is tuned)."),
+        ("transformer_config", str(REPO / "training" / "configs" / "dit_shapes_text.json"), "JSON config of the "
+         "transformers (attention_span is set per model)."),
+        ("text_encoder", None, "dit: a slim text encoder folder (training/slim_text_encoder.py) instead of the base "
+         "model's: the same states for every caption the run encodes, in half the size that the device has to carry."),
+        ("init_from", None, "A previous run's output_dir: continue from its returned weights."),
+    )  # fmt: skip
+    for name, default, text in folders:
+        parser.add_argument(f"--{name}", default=default, help=text)
+    for name, kind, default, text in NUMBER_FLAGS:
+        parser.add_argument(f"--{name}", type=kind, default=default, help=text)
     parser.add_argument(
         "--holdout",
         action="append",
         default=None,
         help="Combinations kept out of training (as make_shapes_dataset.py); default: the shipped model's two.",
     )
-    parser.add_argument("--num_eval_clips", type=int, default=48, help="Clips/prompts of the final measurements.")
-    parser.add_argument("--check_steps", type=int, default=25, help="dit: denoising steps of the final generations.")
-    parser.add_argument("--probe_every", type=int, default=500, help="dit: steps between sign probes.")
-    parser.add_argument("--log_every", type=int, default=50, help="Steps between log lines.")
-    parser.add_argument("--save_every_seconds", type=float, default=90.0, help="Seconds between weight saves.")
     parser.add_argument("--mixed_precision", default="bf16", choices=("bf16", "no"), help="bf16 autocast on GPU.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the trained modules (falls back).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of data, captions, noise and initial weights.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    positive = ("max_train_time", "pool_size", "num_eval_clips", "probe_every", "log_every", "max_text_tokens")
-    positive += ("check_steps",)
-    for name in positive + ("captions_per_combination",):
+    for name in POSITIVE_FLAGS:
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("caption_dropout", "canonical_caption_prob", "condition_frames_prob", "color_augmentation"):
+    for name in PROBABILITY_FLAGS:
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name} must be a probability in [0, 1], got {getattr(args, name)}")
     if args.init_from and Path(args.init_from).resolve() == Path(args.output_dir).resolve():
@@ -140,6 +144,24 @@ def learning_rate(args, step: int, elapsed: float) -> float:
         return args.learning_rate * (step + 1) / args.lr_warmup_steps
     progress = min(elapsed / args.max_train_time, 1.0)
     return args.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def within_budget(args, step: int, train_start: float) -> bool:
+    """Whether the loop takes another step: time is left and, with --max_train_steps, steps too."""
+    return time.monotonic() - train_start < args.max_train_time and step < (args.max_train_steps or 1 << 62)
+
+
+def optimizer_step(optimizer, params, lr: float, forward_backward, name: str, step: int) -> torch.Tensor:
+    """Sets the learning rate, runs `forward_backward` (zeroes, computes and backpropagates the loss, returns it),
+    refuses a non-finite loss, clips the gradient norm to 1 and steps."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = forward_backward()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name} loss is {loss.item()} at step {step + 1}: lower --learning_rate")
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss
 
 
 def autocast(args, device: torch.device):
@@ -197,14 +219,9 @@ def holdouts(args):
 
 def detector_scores(frames: np.ndarray, specs) -> dict:
     """The evaluation detector's color/shape/direction accuracy (%) on uint8 (B, F, H, W, 3) clips."""
-    rows = [evaluation.evaluate_video(clip, spec.attributes, shapes.PALETTE) for clip, spec in zip(frames, specs)]
+    rows = [evaluation.evaluate_video(clip, spec.attributes) for clip, spec in zip(frames, specs)]
     summary = evaluation.summarize(rows)
     return {key: round(summary[f"{key}_pct"], 1) for key in ("color_correct", "shape_correct", "direction_correct")}
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3)."""
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 # 2. VAE: decoder fine-tune
@@ -233,11 +250,11 @@ def train_vae(args, device, run: Run) -> dict:
     results = {"before": vae_measure(vae, eval_specs, device, args), "source": str(source)}
     run.log({"event": "before", **results["before"]})
     rng, generator = np.random.default_rng([args.seed, 1]), torch.Generator(device).manual_seed(args.seed)
+    eager = {"decode": vae.decode}
     decoders = {"decode": maybe_compile(vae.decode, args)}
     step, clips, train_start = 0, 0, time.monotonic()
-    while time.monotonic() - train_start < args.max_train_time and step < (args.max_train_steps or 1 << 62):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, step, time.monotonic() - train_start)
+    while within_budget(args, step, train_start):
+        lr = learning_rate(args, step, time.monotonic() - train_start)
         video = render_specs(draw_specs(grid, args.train_batch_size, rng), device)  # (B, 3, F, H, W)
         video = color_augmentation(video, generator, args.color_augmentation)
         with torch.no_grad():
@@ -255,11 +272,8 @@ def train_vae(args, device, run: Run) -> dict:
             loss.backward()
             return loss
 
-        loss = eager_on_failure(forward_backward, decoders, {"decode": vae.decode}, "decode", step, run)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"vae loss is {loss.item()} at step {step + 1}: lower --learning_rate")
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        compiled_or_eager = partial(eager_on_failure, forward_backward, decoders, eager, "decode", step, run)
+        loss = optimizer_step(optimizer, params, lr, compiled_or_eager, "vae", step)
         step, clips = step + 1, clips + len(video)
         if step % args.log_every == 0:
             rate = clips / (time.monotonic() - train_start)
@@ -415,15 +429,16 @@ def generation_check(pipe, models, emas, phrasings, args, device) -> dict:
             check_vocabulary(check.tokenizer, check.text_encoder, texts)
             frames = check(texts, num_inference_steps=args.check_steps, guidance_scale=5.0, output_type="np",
                            generator=[torch.Generator(device).manual_seed(i) for i in range(len(texts))]).frames  # fmt: skip
-            rows = [evaluation.evaluate_video(f, s.attributes, shapes.PALETTE) for f, s in zip(frames, subset)]
+            rows = [evaluation.evaluate_video(f, s.attributes) for f, s in zip(frames, subset)]
             summary = evaluation.summarize(rows)
             results[f"{name}/{phrasing}"] = {k: round(summary[f"{k}_pct"], 1) for k in
                                              ("adherent", "color_correct", "shape_correct", "direction_correct")}  # fmt: skip
     return results
 
 
-def train_dit(args, device, run: Run) -> dict:
-    # The text and latent side only: the transformers are the ones trained here.
+def load_text_and_latent_side(args, device) -> SpacetimeVideoPipeline:
+    """The base pipeline without a transformer (the transformers are the ones trained here), with the slim text
+    encoder and the previous run's VAE where given."""
     text = dict(zip(("text_encoder", "tokenizer"), load_slim(args.text_encoder))) if args.text_encoder else {}
     pipe = SpacetimeVideoPipeline.from_pretrained(
         args.base_model, transformer=None, **text, dtype=torch.float32, use_safetensors=True
@@ -432,29 +447,63 @@ def train_dit(args, device, run: Run) -> dict:
         # The decoder may have been tuned; the encoder, and so the latents, are the same.
         pipe.vae = AutoencoderKLSpacetime.from_pretrained(Path(args.init_from) / "vae").to(device)
     pipe.set_progress_bar_config(disable=True)
-    grid = shapes.combination_grid(holdouts(args))
-    rng = np.random.default_rng([args.seed, 2])
-    pool_start = time.monotonic()
-    specs = draw_specs(grid, args.pool_size, rng)
-    means, stds = build_pool(pipe, specs, device, args)
-    pool_seconds = round(time.monotonic() - pool_start, 1)
-    run.log({"event": "pool", "clips": len(specs), "seconds": pool_seconds})
+    return pipe
 
+
+def previous_state(init_from: str | None) -> dict:
+    """The steps and clips that the run continued from (`--init_from`) reached over all its runs."""
+    if init_from and (Path(init_from) / "dit_state.json").is_file():
+        return json.loads((Path(init_from) / "dit_state.json").read_text())
+    return {"step": 0, "clips": 0}
+
+
+def check_phrasings(grid, args) -> dict:
+    """The prompts of the final generation check: seen and held-out combinations in canonical captions, and the
+    seen ones in held-out phrasings. Phrasing -> (clip specs, captions)."""
+    check_rng = np.random.default_rng([args.seed, 5])
+    seen = draw_specs(grid, args.num_eval_clips, check_rng)
+    held = draw_specs(shapes.combination_grid(holdouts(args), only_holdout=True), args.num_eval_clips // 3, check_rng)
+    return {
+        "seen": (seen, [s.caption for s in seen]),
+        "held_out": (held, [s.caption for s in held]),
+        "held_out_phrasing": (seen, [shapes.varied_caption(s.attributes, check_rng, "held_out") for s in seen]),
+    }
+
+
+def build_trainees(args, device) -> tuple[dict, dict, dict, dict]:
+    """Per span: the transformer, its EMA, its optimizer and its forward (compiled with --compile)."""
     models = load_transformers(args, device)
-    patch_frames = models["spacetime"].config.patch_size[0]
     emas = {name: EMAModel(model.parameters(), decay=args.ema_decay, foreach=True) for name, model in models.items()}
     for ema in emas.values():
         ema.to(device)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0,
                                           fused=device.type == "cuda") for name, model in models.items()}  # fmt: skip
     compiled = {name: maybe_compile(model, args) for name, model in models.items()}
+    return models, emas, optimizers, compiled
+
+
+def train_dit(args, device, run: Run) -> dict:
+    pipe = load_text_and_latent_side(args, device)
+    grid = shapes.combination_grid(holdouts(args))
+    pool_start = time.monotonic()
+    specs = draw_specs(grid, args.pool_size, np.random.default_rng([args.seed, 2]))
+    means, stds = build_pool(pipe, specs, device, args)
+    pool_seconds = round(time.monotonic() - pool_start, 1)
+    run.log({"event": "pool", "clips": len(specs), "seconds": pool_seconds})
+
+    models, emas, optimizers, compiled = build_trainees(args, device)
+    patch_frames = models["spacetime"].config.patch_size[0]
     scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, shift=args.flow_shift)
     sigmas_table = scheduler.sigmas[:-1].flip(0).to(device=device, dtype=torch.float32)  # ascending, (1000,)
 
     probe_index = np.random.default_rng([args.seed, 3]).choice(len(specs), min(256, len(specs)), replace=False)
-    probe_specs = [specs[i] for i in probe_index]
     probe_latents = pipe.normalize_latents(means[probe_index].float())
-    probes = {phrasing: probe_captions(probe_specs, phrasing, args.seed) for phrasing in ("train", "held_out")}
+    probes = {phrasing: probe_captions([specs[i] for i in probe_index], phrasing, args.seed)
+              for phrasing in ("train", "held_out")}  # fmt: skip
+
+    def probe_row(step: int) -> dict:
+        return {"step": step, **{f"sign_probe_{phrasing}": sign_probe(pipe, models, probe_latents, texts, args)
+                                 for phrasing, texts in probes.items()}}  # fmt: skip
 
     combination_of = {tuple(attributes.values()): index for index, attributes in enumerate(grid)}
     pool_combination = torch.tensor([combination_of[tuple(spec.attributes.values())] for spec in specs], device=device)
@@ -466,7 +515,7 @@ def train_dit(args, device, run: Run) -> dict:
     generator = torch.Generator(device).manual_seed(args.seed)
     step, clips, history = 0, 0, []
     train_start = time.monotonic()
-    while time.monotonic() - train_start < args.max_train_time and step < (args.max_train_steps or 1 << 62):
+    while within_budget(args, step, train_start):
         lr = learning_rate(args, step, time.monotonic() - train_start)
         index = torch.randint(len(specs), (args.train_batch_size,), device=device, generator=generator)
         posterior_noise = torch.randn(means[index].shape, device=device, generator=generator)
@@ -475,8 +524,6 @@ def train_dit(args, device, run: Run) -> dict:
         noisy, timestep, target, keep = flow_matching_batch(latents, sigmas_table, args, generator, patch_frames)
         losses = {}
         for name in models:
-            for group in optimizers[name].param_groups:
-                group["lr"] = lr
 
             def forward_backward():
                 optimizers[name].zero_grad(set_to_none=True)
@@ -486,11 +533,8 @@ def train_dit(args, device, run: Run) -> dict:
                 loss.backward()
                 return loss
 
-            loss = eager_on_failure(forward_backward, compiled, models, name, step, run)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{name} loss is {loss.item()} at step {step + 1}: lower --learning_rate")
-            torch.nn.utils.clip_grad_norm_(models[name].parameters(), 1.0)
-            optimizers[name].step()
+            compiled_or_eager = partial(eager_on_failure, forward_backward, compiled, models, name, step, run)
+            loss = optimizer_step(optimizers[name], models[name].parameters(), lr, compiled_or_eager, name, step)
             emas[name].step(models[name].parameters())
             losses[name] = loss.detach()
         step, clips = step + 1, clips + args.train_batch_size
@@ -499,32 +543,19 @@ def train_dit(args, device, run: Run) -> dict:
             run.log({"step": step, "lr": lr, "clips_per_s": round(rate, 1),
                      **{f"loss_{k}": round(v.item(), 5) for k, v in losses.items()}})  # fmt: skip
         if step % args.probe_every == 0:
-            row = {"step": step, **{f"sign_probe_{phrasing}": sign_probe(pipe, models, probe_latents, texts, args)
-                                    for phrasing, texts in probes.items()}}  # fmt: skip
-            history.append(row)
-            run.log(row)
+            history.append(probe_row(step))
+            run.log(history[-1])
         if time.monotonic() - run.last_save > args.save_every_seconds:
             save_transformers(run, models, emas, step, clips, args.init_from)
     train_seconds = time.monotonic() - train_start
     save_transformers(run, models, emas, step, clips, args.init_from)
-    final = {"step": step, **{f"sign_probe_{phrasing}": sign_probe(pipe, models, probe_latents, texts, args)
-                              for phrasing, texts in probes.items()}}  # fmt: skip
-    run.log(final)
-    previous = {"step": 0, "clips": 0}
-    if args.init_from and (Path(args.init_from) / "dit_state.json").is_file():
-        previous = json.loads((Path(args.init_from) / "dit_state.json").read_text())
+    history.append(probe_row(step))
+    run.log(history[-1])
+    previous = previous_state(args.init_from)
     results = {"steps": step, "clips": clips, "train_seconds": round(train_seconds, 1), "pool_seconds": pool_seconds,
                "steps_total": previous["step"] + step, "clips_total": previous["clips"] + clips,
-               "clips_per_s_per_model": round(clips / max(train_seconds, 1e-9), 1), "sign_probe": history + [final]}  # fmt: skip
-    check_rng = np.random.default_rng([args.seed, 5])
-    seen = draw_specs(grid, args.num_eval_clips, check_rng)
-    held = draw_specs(shapes.combination_grid(holdouts(args), only_holdout=True), args.num_eval_clips // 3, check_rng)
-    phrasings = {
-        "seen": (seen, [s.caption for s in seen]),
-        "held_out": (held, [s.caption for s in held]),
-        "held_out_phrasing": (seen, [shapes.varied_caption(s.attributes, check_rng, "held_out") for s in seen]),
-    }
-    results["generation_check"] = generation_check(pipe, models, emas, phrasings, args, device)
+               "clips_per_s_per_model": round(clips / max(train_seconds, 1e-9), 1), "sign_probe": history}  # fmt: skip
+    results["generation_check"] = generation_check(pipe, models, emas, check_phrasings(grid, args), args, device)
     run.log({"event": "generation_check", **results["generation_check"]})
     return results
 
@@ -535,10 +566,8 @@ def save_transformers(run: Run, models, emas, step: int, clips: int, init_from: 
         shipped = copy.deepcopy(model)
         emas[name].copy_to(shipped.parameters())
         run.save_fp16(shipped, f"transformer_{name}")
-    state = {"step": step, "clips": clips}
-    if init_from and (Path(init_from) / "dit_state.json").is_file():
-        before = json.loads((Path(init_from) / "dit_state.json").read_text())
-        state = {key: before[key] + state[key] for key in state}
+    before = previous_state(init_from)
+    state = {"step": before["step"] + step, "clips": before["clips"] + clips}
     (run.dir / "dit_state.json").write_text(json.dumps(state) + "\n")
     run.last_save = time.monotonic()
 

@@ -19,9 +19,12 @@ import re
 from collections.abc import Callable
 
 import torch
-from diffusers.loaders.lora_base import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_SAFE, LoraBaseMixin, _fetch_state_dict
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_SAFE, LoraBaseMixin
 from diffusers.utils import USE_PEFT_BACKEND, logging
-from huggingface_hub.utils import HFValidationError, validate_hf_hub_args, validate_repo_id
+from huggingface_hub.utils import validate_hf_hub_args
+
+from ..diffusers_internals import fetch_lora_state_dict
+from ..hub.references import is_hub_id
 
 logger = logging.get_logger(__name__)
 
@@ -33,23 +36,6 @@ _PEFT_PREFIX = "base_model.model."
 # `...lora_A.<adapter>.weight` (a raw model state dict) -> `...lora_A.weight` (the saved layout).
 _ADAPTER_NAME_IN_KEY = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector)\.[^.]+\.(weight|bias)$")
 _LORA_SUFFIX = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector)(\.weight|\.bias)?$")
-
-
-def _is_local_reference(reference: str) -> bool:
-    """Whether a string names a local path rather than a Hub repo id."""
-    if (
-        os.path.exists(reference)
-        or reference.startswith((".", "/", "~"))
-        or reference.endswith((".safetensors", ".bin"))
-    ):
-        return True
-    if reference.count("/") != 1:  # Hub ids are `namespace/name`; a bare word is a (missing) local folder
-        return True
-    try:
-        validate_repo_id(reference)
-    except HFValidationError:
-        return True
-    return False
 
 
 def _module_name(key: str) -> str:
@@ -114,7 +100,7 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
                 cls._refuse_pickle(source, subfolder, weight_name)
 
         try:
-            state_dict, metadata = _fetch_state_dict(
+            state_dict, metadata = fetch_lora_state_dict(
                 pretrained_model_name_or_path_or_dict=source,
                 weight_name=weight_name,
                 use_safetensors=use_safetensors,
@@ -156,7 +142,7 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
     @staticmethod
     def _check_local_source(source: str, subfolder: str | None, weight_name: str | None):
         """Clear errors for missing local files; pick a peft folder's weights and read its `adapter_config.json`."""
-        if not _is_local_reference(source):
+        if is_hub_id(source):
             # A Hub repo id: default to the file `save_lora_weights` writes. diffusers would otherwise guess the name
             # through `model_info`, which fails offline and, without the token, on private repos.
             return weight_name or LORA_WEIGHT_NAME_SAFE, None
@@ -198,7 +184,7 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
     @staticmethod
     def _refuse_pickle(source: str, subfolder: str | None, weight_name: str | None) -> None:
         """`use_safetensors=True` was passed: a local pickle file (`.bin`, `.pt`, ...) is not read at all."""
-        if not _is_local_reference(source):
+        if is_hub_id(source):
             return
         path = source if os.path.isfile(source) else os.path.join(source, subfolder or "", weight_name or "")
         if os.path.isfile(path) and not path.endswith(".safetensors"):
@@ -270,14 +256,9 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
                 f"An adapter named {adapter_name!r} is already loaded (loaded: {sorted(loaded)}): pick another "
                 "`adapter_name`, or pass `hotswap=True` to replace its weights."
             )
+        adapter = {"adapter_name": adapter_name, "metadata": metadata, "hotswap": hotswap}
         self.load_lora_into_transformer(
-            state_dict,
-            transformer=transformer,
-            adapter_name=adapter_name,
-            metadata=metadata,
-            _pipeline=self,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-            hotswap=hotswap,
+            state_dict, transformer, _pipeline=self, low_cpu_mem_usage=low_cpu_mem_usage, **adapter
         )
 
     @staticmethod
@@ -308,15 +289,13 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
     ):
         """Inject a `transformer.`-prefixed LoRA state dict into `transformer` (diffusers' `load_lora_adapter`)."""
         logger.info(f"Loading {cls.transformer_name}.")
+        adapter = {"adapter_name": adapter_name, "metadata": metadata, "hotswap": hotswap}
         transformer.load_lora_adapter(
             state_dict,
             prefix=cls.transformer_name,
-            network_alphas=None,
-            adapter_name=adapter_name,
-            metadata=metadata,
             _pipeline=_pipeline,
             low_cpu_mem_usage=low_cpu_mem_usage,
-            hotswap=hotswap,
+            **adapter,
         )
 
     @classmethod
@@ -329,9 +308,15 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
         save_function: Callable | None = None,
         safe_serialization: bool = True,
         transformer_lora_adapter_metadata: dict | None = None,
+        base_model: str | None = None,
+        repo_id: str | None = None,
+        **card_kwargs,
     ):
         r"""
         Save transformer LoRA layers as `pytorch_lora_weights.safetensors` with keys prefixed `transformer.`.
+
+        With `base_model`, the adapter's model card goes beside the weights as `README.md`; `push_lora_to_hub` then
+        publishes the folder with the same `base_model`.
 
         Args:
             save_directory (`str` or `os.PathLike`): Folder to write to (created if needed).
@@ -344,18 +329,28 @@ class SpacetimeLoraLoaderMixin(LoraBaseMixin):
             transformer_lora_adapter_metadata (`dict`, *optional*):
                 The adapter's `LoraConfig` as a dict (`pipe.transformer.peft_config[name].to_dict()`), stored in the
                 file so that loading restores `lora_alpha` and the targets exactly.
+            base_model (`str`, *optional*): The pipeline repo the adapter works on; writes the model card.
+            repo_id (`str`, *optional*): Where the adapter will live, for the card's snippet (default: the folder).
+            card_kwargs: `trigger` and the card's facts ([`~diffusers_spacetime.hub.cards.CardText`] fields).
         """
         if not transformer_lora_layers:
             raise ValueError("Pass `transformer_lora_layers`: there is nothing to save.")
-        cls._save_lora_weights(
-            save_directory=save_directory,
-            lora_layers={cls.transformer_name: transformer_lora_layers},
-            lora_metadata={cls.transformer_name: transformer_lora_adapter_metadata},
-            is_main_process=is_main_process,
-            weight_name=weight_name,
-            save_function=save_function,
-            safe_serialization=safe_serialization,
-        )
+        if base_model is not None and not safe_serialization:
+            raise ValueError("The adapter's model card describes a .safetensors file: keep `safe_serialization=True`.")
+        layers = {cls.transformer_name: transformer_lora_layers}
+        metadata = {cls.transformer_name: transformer_lora_adapter_metadata}
+        options = {
+            "weight_name": weight_name,
+            "save_function": save_function,
+            "safe_serialization": safe_serialization,
+        }
+        cls._save_lora_weights(save_directory, layers, metadata, is_main_process, **options)
+        if base_model is not None and is_main_process:
+            from ..hub.cards import lora_card
+
+            weights = os.path.join(save_directory, weight_name or LORA_WEIGHT_NAME_SAFE)
+            card = lora_card(weights, repo_id or os.fspath(save_directory), base_model=base_model, **card_kwargs)
+            card.save(os.path.join(save_directory, "README.md"))
 
     def fuse_lora(
         self,

@@ -7,7 +7,7 @@ encoded on its own (an image is a one-frame video), every later latent frame sum
 depends on the future: encoding the first `1 + j*r` frames gives the first `1 + j` latent frames of the whole clip.
 
 Design choices, and why (the default is 8x8 spatial, 4x temporal, 16 channels, as diffusers' `AutoencoderKLWan`,
-and has to decode >= 1.5x faster than it):
+and decodes faster than it: `benchmarks/README.md` has the figures):
 
 1. (2+1)D factorised convolutions. Every 3x3 convolution is spatial: a `Conv2d` over frames folded into the batch.
    Time is mixed by a causal (3, 1, 1) convolution inside each residual block (between its two spatial convs) and by
@@ -19,9 +19,8 @@ and has to decode >= 1.5x faster than it):
    lower-resolution stages, so per-frame convolutions there cost little quality and save a third of the FLOPs.
 3. The decoder has `layers_per_block` residual blocks per stage, like the encoder (diffusers' `AutoencoderKL` uses
    one more). Its upsamplers narrow to the next stage's width at the low resolution (Wan 2.1 does the same), so no
-   residual block needs a shortcut convolution. Together with 1-2 this puts the default decoder at about 0.55x Wan's
-   MACs per output pixel although our widths (128..512) are larger than Wan's (96..384). Measured on an H100 (bf16,
-   33 frames at 480x832, `benchmarks/bench_vae.py`): decode 3.5x faster than `AutoencoderKLWan`, encode 2.6x.
+   residual block needs a shortcut convolution. Together with 1-2 this keeps the default decoder's MACs per output
+   pixel well below Wan's although its widths (128..512) are larger than Wan's (96..384).
 4. Per-pixel RMS norm over channels (as Wan), not GroupNorm: it works at any width (tiny test configs), needs no
    statistics across frames (causal) or pixels (no tile-dependent statistics), and is one fused `F.rms_norm` on a
    channels-last view, with no fp32 copy of the activation.
@@ -51,6 +50,8 @@ and has to decode >= 1.5x faster than it):
 `latents_mean` / `latents_std` are stored in the config only; the pipeline normalises latents with them.
 """
 
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -61,6 +62,9 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
+
+from ..hub.push import SpacetimeHubMixin
+from .nearest_sizes import nearest_valid_sizes
 
 # 1. Causal time: the chunk cache and the frames-as-batch views
 
@@ -110,7 +114,7 @@ class SpacetimeCausalTimeConv(nn.Conv2d):
     A causal convolution over time only: output frame t sees input frames t-k+1 .. t (strided: every `stride`-th).
 
     It runs as a `(k, 1)` 2D convolution on the `(B, C, F, H*W)` view of a channels-last video, a view that costs no
-    copy; oneDNN has no fast path for a `(k, 1, 1)` `Conv3d` (3-5x slower on CPU), while both cuDNN and oneDNN run
+    copy; oneDNN has no fast path for a `(k, 1, 1)` `Conv3d`, while both cuDNN and oneDNN run
     NHWC 2D convolutions well. Frames before the clip start are zeros unless `pad_start=False`. With a cache, the
     last `k - stride` input frames of one chunk are the left context of the next, so chunked and whole-clip outputs
     are equal.
@@ -267,191 +271,165 @@ class SpacetimeUpsample(nn.Module):
 # 3. Blocks: one resolution stage each (the unit of gradient checkpointing)
 
 
-class SpacetimeDownBlock(nn.Module):
-    r"""`num_layers` residual blocks at one resolution, then an optional downsampler."""
+class _SpacetimeStage(nn.Module):
+    r"""
+    Residual blocks at one resolution, then an optional resampler. The resampler, if any, is set after construction
+    under `resampler_name` (a checkpoint key), so that parameters are created in the order of the forward.
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        num_layers: int,
-        temporal: bool,
-        add_downsample: bool,
-        temporal_downsample: bool,
-    ) -> None:
+    Args:
+        widths (`tuple[int, ...]`): Channels into the first block, then out of each block (one block per step).
+        temporal (`bool`): Whether the blocks mix time (see `SpacetimeResnetBlock`).
+    """
+
+    resampler_name = "resampler"
+
+    def __init__(self, widths: tuple[int, ...], temporal: bool) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            SpacetimeResnetBlock(in_channels if index == 0 else out_channels, out_channels, temporal)
-            for index in range(num_layers)
+            SpacetimeResnetBlock(in_channels, out_channels, temporal)
+            for in_channels, out_channels in zip(widths, widths[1:])
         )
-        self.downsampler = SpacetimeDownsample(out_channels, temporal_downsample) if add_downsample else None
+        setattr(self, self.resampler_name, None)
 
     def forward(self, hidden_states: torch.Tensor, cache: _CausalCache | None = None) -> torch.Tensor:
         for resnet in self.resnets:
             hidden_states = resnet(hidden_states, cache)
-        if self.downsampler is not None:
-            hidden_states = self.downsampler(hidden_states, cache)
-        return hidden_states
+        resampler = getattr(self, self.resampler_name)
+        return hidden_states if resampler is None else resampler(hidden_states, cache)
 
 
-class SpacetimeUpBlock(nn.Module):
-    r"""`num_layers` residual blocks at one resolution, then an optional upsampler to `out_channels`."""
+class SpacetimeDownBlock(_SpacetimeStage):
+    r"""Residual blocks at one resolution (the first one widens), then an optional `SpacetimeDownsample`."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        num_layers: int,
-        temporal: bool,
-        add_upsample: bool,
-        temporal_upsample: bool,
-    ) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            SpacetimeResnetBlock(in_channels, in_channels, temporal) for _ in range(num_layers)
-        )
-        self.upsampler = SpacetimeUpsample(in_channels, out_channels, temporal_upsample) if add_upsample else None
-
-    def forward(self, hidden_states: torch.Tensor, cache: _CausalCache | None = None) -> torch.Tensor:
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, cache)
-        if self.upsampler is not None:
-            hidden_states = self.upsampler(hidden_states, cache)
-        return hidden_states
+    resampler_name = "downsampler"
 
 
-class SpacetimeMidBlock(nn.Module):
-    r"""Two residual blocks at the lowest resolution, where they are cheap (no attention: see the module docstring)."""
+class SpacetimeUpBlock(_SpacetimeStage):
+    r"""Residual blocks at one resolution, then an optional `SpacetimeUpsample` that narrows to the next width."""
 
-    def __init__(self, num_channels: int, temporal: bool, num_layers: int = 2) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            SpacetimeResnetBlock(num_channels, num_channels, temporal) for _ in range(num_layers)
-        )
+    resampler_name = "upsampler"
 
-    def forward(self, hidden_states: torch.Tensor, cache: _CausalCache | None = None) -> torch.Tensor:
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, cache)
-        return hidden_states
+
+class SpacetimeMidBlock(_SpacetimeStage):
+    r"""Residual blocks at the lowest resolution, where they are cheap (no attention: see the module docstring)."""
 
 
 # 4. Encoder and decoder
 
 
-class SpacetimeEncoder(nn.Module):
-    r"""Video `(B, C, F, H, W)` -> posterior moments `(B, 2*latent_channels, 1 + (F-1)/r, H/s, W/s)`."""
+class _StagePlan(NamedTuple):
+    """The widths and time mixing of the encoder's stages; the decoder mirrors them (see `AutoencoderKLSpacetime`)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        latent_channels: int,
-        block_out_channels: tuple[int, ...],
-        layers_per_block: int,
-        temporal_downsample: tuple[bool, ...],
-    ) -> None:
-        super().__init__()
-        num_stages = len(block_out_channels)
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    temporal_downsample: tuple[bool, ...]  # one flag per downsampling step
 
-        # 1. Pixels -> features, per frame
-        self.conv_in = SpacetimeConv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+    def mixes_time(self, stage: int) -> bool:
+        """Encoder stage `stage` mixes time once time is (about to be) compressed: any flag up to its own."""
+        return any(self.temporal_downsample[: stage + 1])
 
-        # 2. Down stages; stage i mixes time once time is (about to be) compressed: any(temporal_downsample[:i+1])
-        self.down_blocks = nn.ModuleList()
-        for index, num_channels in enumerate(block_out_channels):
-            is_last = index == num_stages - 1
-            self.down_blocks.append(
-                SpacetimeDownBlock(
-                    in_channels=block_out_channels[max(index - 1, 0)],
-                    out_channels=num_channels,
-                    num_layers=layers_per_block,
-                    temporal=any(temporal_downsample[: index + 1]),
-                    add_downsample=not is_last,
-                    temporal_downsample=not is_last and temporal_downsample[index],
-                )
-            )
 
-        # 3. Middle
-        self.mid_block = SpacetimeMidBlock(block_out_channels[-1], temporal=any(temporal_downsample))
+class _SpacetimeCoder(nn.Module):
+    r"""The encoder's and decoder's shared forward: `conv_in`, the stages in order, then norm, SiLU and `conv_out`."""
 
-        # 4. Features -> moments (mean, logvar)
-        self.norm_out = SpacetimeRMSNorm(block_out_channels[-1])
-        self.conv_out = SpacetimeConv2d(block_out_channels[-1], 2 * latent_channels, kernel_size=3, padding=1)
-
-        self.gradient_checkpointing = False
+    def stages(self) -> tuple[nn.Module, ...]:
+        raise NotImplementedError
 
     def forward(self, hidden_states: torch.Tensor, cache: _CausalCache | None = None) -> torch.Tensor:
         # 1. Input projection
-        hidden_states = self.conv_in(hidden_states)  # (B, C0, F, H, W)
+        hidden_states = self.conv_in(hidden_states)  # (B, C_first, F, H, W)
 
-        # 2.-3. Down stages and middle
-        for block in (*self.down_blocks, self.mid_block):
+        # 2. Resolution stages
+        for block in self.stages():
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(block, hidden_states, cache)
             else:
                 hidden_states = block(hidden_states, cache)
 
-        # 4. Output projection
-        return self.conv_out(F.silu(self.norm_out(hidden_states)))  # (B, 2*L, f, h, w)
+        # 3. Output projection
+        return self.conv_out(F.silu(self.norm_out(hidden_states)))  # (B, C_out, F', H', W')
 
 
-class SpacetimeDecoder(nn.Module):
+class SpacetimeEncoder(_SpacetimeCoder):
+    r"""Video `(B, C, F, H, W)` -> posterior moments `(B, 2*latent_channels, 1 + (F-1)/r, H/s, W/s)`."""
+
+    def __init__(self, in_channels: int, latent_channels: int, plan: _StagePlan) -> None:
+        super().__init__()
+        widths, num_stages = plan.block_out_channels, len(plan.block_out_channels)
+
+        # 1. Pixels -> features, per frame
+        self.conv_in = SpacetimeConv2d(in_channels, widths[0], kernel_size=3, padding=1)
+
+        # 2. Down stages: every stage but the last halves space (and time where its flag says so)
+        self.down_blocks = nn.ModuleList()
+        for index, num_channels in enumerate(widths):
+            stage_widths = (widths[max(index - 1, 0)],) + (num_channels,) * plan.layers_per_block
+            block = SpacetimeDownBlock(stage_widths, plan.mixes_time(index))
+            if index < num_stages - 1:
+                block.downsampler = SpacetimeDownsample(num_channels, plan.temporal_downsample[index])
+            self.down_blocks.append(block)
+
+        # 3. Middle
+        self.mid_block = SpacetimeMidBlock((widths[-1],) * 3, temporal=any(plan.temporal_downsample))
+
+        # 4. Features -> moments (mean, logvar)
+        self.norm_out = SpacetimeRMSNorm(widths[-1])
+        self.conv_out = SpacetimeConv2d(widths[-1], 2 * latent_channels, kernel_size=3, padding=1)
+
+        self.gradient_checkpointing = False
+
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (*self.down_blocks, self.mid_block)
+
+
+class SpacetimeDecoder(_SpacetimeCoder):
     r"""Latent `(B, latent_channels, T, h, w)` -> video `(B, out_channels, 1 + (T-1)*r, h*s, w*s)`."""
 
-    def __init__(
-        self,
-        latent_channels: int,
-        out_channels: int,
-        block_out_channels: tuple[int, ...],
-        layers_per_block: int,
-        temporal_downsample: tuple[bool, ...],
-    ) -> None:
+    def __init__(self, latent_channels: int, out_channels: int, plan: _StagePlan) -> None:
         super().__init__()
-        num_stages = len(block_out_channels)
-        reversed_channels = tuple(reversed(block_out_channels))
+        widths = tuple(reversed(plan.block_out_channels))
+        num_stages = len(widths)
 
         # 1. Latent -> features
-        self.conv_in = SpacetimeConv2d(latent_channels, reversed_channels[0], kernel_size=3, padding=1)
+        self.conv_in = SpacetimeConv2d(latent_channels, widths[0], kernel_size=3, padding=1)
 
         # 2. Middle
-        self.mid_block = SpacetimeMidBlock(reversed_channels[0], temporal=any(temporal_downsample))
+        self.mid_block = SpacetimeMidBlock((widths[0],) * 3, temporal=any(plan.temporal_downsample))
 
         # 3. Up stages, mirroring the encoder: up stage j is encoder stage (num_stages - 1 - j)
         self.up_blocks = nn.ModuleList()
-        for index, num_channels in enumerate(reversed_channels):
-            is_last = index == num_stages - 1
-            self.up_blocks.append(
-                SpacetimeUpBlock(
-                    in_channels=num_channels,
-                    out_channels=reversed_channels[min(index + 1, num_stages - 1)],
-                    num_layers=layers_per_block,
-                    temporal=any(temporal_downsample[: num_stages - index]),
-                    add_upsample=not is_last,
-                    temporal_upsample=not is_last and temporal_downsample[num_stages - 2 - index],
-                )
+        for index, num_channels in enumerate(widths):
+            block = SpacetimeUpBlock(
+                (num_channels,) * (plan.layers_per_block + 1), plan.mixes_time(num_stages - 1 - index)
             )
+            if index < num_stages - 1:
+                temporal_upsample = plan.temporal_downsample[num_stages - 2 - index]
+                block.upsampler = SpacetimeUpsample(num_channels, widths[index + 1], temporal_upsample)
+            self.up_blocks.append(block)
 
         # 4. Features -> pixels
-        self.norm_out = SpacetimeRMSNorm(reversed_channels[-1])
-        self.conv_out = SpacetimeConv2d(reversed_channels[-1], out_channels, kernel_size=3, padding=1)
+        self.norm_out = SpacetimeRMSNorm(widths[-1])
+        self.conv_out = SpacetimeConv2d(widths[-1], out_channels, kernel_size=3, padding=1)
 
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor, cache: _CausalCache | None = None) -> torch.Tensor:
-        # 1. Input projection
-        hidden_states = self.conv_in(hidden_states)  # (B, C_top, T, h, w)
-
-        # 2.-3. Middle and up stages
-        for block in (self.mid_block, *self.up_blocks):
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                hidden_states = self._gradient_checkpointing_func(block, hidden_states, cache)
-            else:
-                hidden_states = block(hidden_states, cache)
-
-        # 4. Output projection
-        return self.conv_out(F.silu(self.norm_out(hidden_states)))  # (B, C_out, F, H, W)
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (self.mid_block, *self.up_blocks)
 
 
 # 5. Tiling helpers
+
+
+class _TimeTile(NamedTuple):
+    """Latent frames `[start, end)` of one temporal tile, and where the next tile starts (None: no next tile)."""
+
+    start: int
+    end: int
+    next_start: int | None = None
+
+
+# (output of a run of causal chunks, the cache snapshot for the next temporal tile or None)
+_Chunks = tuple[torch.Tensor, _CausalCache | None]
 
 
 def _tile_spans(size: int, tile: int, stride: int, full_last: bool = True) -> list[tuple[int, int]]:
@@ -474,8 +452,8 @@ def _blend_weights(spans: list[tuple[int, int]], size: int) -> tuple[list[torch.
     """Per-tile blend weights along one axis, and their sum per position (the normaliser).
 
     Over each overlap, the weight ramps linearly from one tile to the next across the overlap's middle half: the
-    outer quarter next to a tile's own edge, where it saw the least context, is left to its neighbour. That halved
-    the seam error against a ramp across the whole overlap (measured in `benchmarks/bench_vae.py`'s setting).
+    outer quarter next to a tile's own edge, where it saw the least context, is left to its neighbour, which gives
+    smaller seams than a ramp across the whole overlap (`benchmarks/README.md`).
     """
     weights, total = [], torch.zeros(size)
     for index, (start, end) in enumerate(spans):
@@ -506,19 +484,10 @@ def _normalise(
     return accumulated
 
 
-def _nearest_multiples(value: int, multiple: int, offset: int = 0) -> str:
-    """'a or b': the valid sizes `offset + k*multiple` (at least max(offset, 1)) nearest to `value`."""
-    smallest = offset if offset >= 1 else multiple
-    if value <= smallest:
-        return str(smallest)
-    lower = offset + (value - offset) // multiple * multiple
-    return f"{lower} or {lower + multiple}"
-
-
 # 6. The model
 
 
-class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
+class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin, SpacetimeHubMixin):
     r"""
     A causal KL video autoencoder that compresses space and time, with chunked (constant-memory) encoding and
     decoding and spatio-temporal tiling. See the module docstring for the design.
@@ -570,12 +539,9 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
             latents_std,
         )
 
-        self.encoder = SpacetimeEncoder(
-            in_channels, latent_channels, block_out_channels, layers_per_block, temporal_downsample
-        )
-        self.decoder = SpacetimeDecoder(
-            latent_channels, out_channels, block_out_channels, layers_per_block, temporal_downsample
-        )
+        plan = _StagePlan(block_out_channels, layers_per_block, temporal_downsample)
+        self.encoder = SpacetimeEncoder(in_channels, latent_channels, plan)
+        self.decoder = SpacetimeDecoder(latent_channels, out_channels, plan)
 
         # Opt-in memory savers (AutoencoderMixin's enable_slicing / enable_tiling switch them on)
         self.use_slicing = False
@@ -656,14 +622,14 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
         ratio = self.temporal_compression_ratio
         if num_frames < 1 or (num_frames - 1) % ratio:
             raise ValueError(
-                f"{name}: num_frames={num_frames} is not 1 + k*{ratio}; nearest valid: {_nearest_multiples(num_frames, ratio, 1)}."
+                f"{name}: num_frames={num_frames} is not 1 + k*{ratio}; nearest valid: {nearest_valid_sizes(num_frames, ratio, 1)}."
             )
         ratio = self.spatial_compression_ratio
         for dim_name, size in (("height", height), ("width", width)):
             if size < 1 or size % ratio:
                 raise ValueError(
                     f"{name}: {dim_name}={size} is not a multiple of spatial_compression_ratio={ratio}; "
-                    f"nearest valid: {_nearest_multiples(size, ratio)}."
+                    f"nearest valid: {nearest_valid_sizes(size, ratio)}."
                 )
 
     def _check_latent(self, latent: torch.Tensor, name: str) -> None:
@@ -743,7 +709,7 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
             if not isinstance(value, int) or value < 1 or value % ratio:
                 raise ValueError(
                     f"{name}={value!r} is not a positive multiple of {ratio_name}_compression_ratio={ratio}; "
-                    f"nearest valid: {_nearest_multiples(value, ratio) if isinstance(value, int) else ratio}."
+                    f"nearest valid: {nearest_valid_sizes(value, ratio) if isinstance(value, int) else ratio}."
                 )
         for axis in ("height", "width", "num_frames"):
             minimum, stride = settings[f"tile_sample_min_{axis}"], settings[f"tile_sample_stride_{axis}"]
@@ -777,65 +743,92 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
         # video frame where latent frame t starts: latent 0 is frame 0 alone, every later one r frames
         return 0 if latent_index == 0 else 1 + (latent_index - 1) * self.temporal_compression_ratio
 
-    # 6.3 Encoding
+    # 6.3 Causal chunks and tiles, shared by encoding and decoding
 
-    def _encode_chunks(
+    def _run_chunks(
         self,
-        x: torch.Tensor,
-        cache: _CausalCache | None = None,
-        start: int = 0,
-        end: int | None = None,
-        snapshot_at: int | None = None,
-    ) -> tuple[torch.Tensor, _CausalCache | None]:
+        coder: nn.Module,
+        inputs: torch.Tensor,
+        spans: list[tuple[slice, slice]],
+        num_outputs: int,
+        cache: _CausalCache | None,
+        tile: _TimeTile,
+    ) -> _Chunks:
         r"""
-        Encode latent frames `[start, end)` of `x` (a clip from its first frame) in causal chunks: frame 0 alone, then
-        `r` frames per latent frame, so memory is one chunk's activations. `cache` is the state before `start` (`None`
-        at the clip start); the state before latent frame `snapshot_at` is returned for the next temporal tile.
+        Run `coder` (the encoder or the decoder) one causal chunk, one latent frame, at a time, so memory is one
+        chunk's activations. `spans` holds, per latent frame of `tile`, the frames of `inputs` it reads and the
+        output frames (of `num_outputs`) it fills. `cache` is the state before `tile.start` (`None` at the clip
+        start); the state before `tile.next_start` is returned with the output, for the next temporal tile.
         """
-        batch_size, _, num_frames, _, _ = x.shape
-        end = 1 + (num_frames - 1) // self.temporal_compression_ratio if end is None else end
         cache = _CausalCache(past={}, present={}) if cache is None else cache
-        moments, snapshot = None, None
-        for index in range(start, end):
-            chunk = x[:, :, self._first_frame(index) : self._first_frame(index + 1)]  # (B, C, 1 or r, H, W)
-            chunk = self.encoder(chunk.contiguous(memory_format=torch.channels_last_3d), cache)  # (B, 2*L, 1, h, w)
-            if moments is None:
-                moments = chunk.new_empty(batch_size, chunk.shape[1], end - start, *chunk.shape[3:])
-            moments[:, :, index - start : index - start + 1] = chunk
+        output, snapshot = None, None
+        for index, (source, target) in zip(range(tile.start, tile.end), spans):
+            chunk = coder(inputs[:, :, source].contiguous(memory_format=torch.channels_last_3d), cache)
+            if output is None:
+                output = chunk.new_empty(*chunk.shape[:2], num_outputs, *chunk.shape[3:])
+            output[:, :, target] = chunk
             cache = cache.advance()
-            if index + 1 == snapshot_at:
+            if index + 1 == tile.next_start:
                 snapshot = cache
-        return moments, snapshot  # (B, 2*L, end - start, h, w)
+        return output, snapshot
+
+    def _tiled(
+        self,
+        run_tile: Callable[[torch.Tensor, _TimeTile, _CausalCache | None], _Chunks],
+        inputs: torch.Tensor,
+        input_scale: int,
+        spans: tuple[list[tuple[int, int]], ...],
+        output_spans: tuple[list[tuple[int, int]], ...],
+        output_size: tuple[int, int, int],
+    ) -> torch.Tensor:
+        r"""
+        Run `run_tile` (`_encode_chunks` or `_decode_chunks`) on every tile and blend the outputs into one of
+        `output_size` (frames, height, width).
+
+        `spans` are the tiles in latent units along time, height and width (`input_scale` input pixels per latent
+        pixel), `output_spans` the same tiles in output units. Space outer and time inner: spatial tiles overlap and
+        are blended linearly; a temporal tile starts from the causal cache its predecessor reached at its first
+        frame, so it reproduces the untiled output.
+        """
+        (time_spans, height_spans, width_spans), (frame_spans, row_spans, column_spans) = spans, output_spans
+        (time_weights, time_total), (height_weights, height_total), (width_weights, width_total) = (
+            _blend_weights(axis_spans, size) for axis_spans, size in zip(output_spans, output_size)
+        )
+        output = None
+        for (h0, h1), (y0, y1), weight_h in zip(height_spans, row_spans, height_weights):
+            for (w0, w1), (x0, x1), weight_w in zip(width_spans, column_spans, width_weights):
+                tile_input = inputs[:, :, :, h0 * input_scale : h1 * input_scale, w0 * input_scale : w1 * input_scale]
+                cache = None
+                for index, ((t0, t1), (f0, f1), weight_t) in enumerate(zip(time_spans, frame_spans, time_weights)):
+                    next_start = time_spans[index + 1][0] if index + 1 < len(time_spans) else None
+                    tile, cache = run_tile(tile_input, _TimeTile(t0, t1, next_start), cache)  # (B, C, f, y, x)
+                    weight = weight_t[:, None, None] * weight_h[:, None] * weight_w  # (f, y, x)
+                    if output is None:
+                        output = tile.new_zeros(*tile.shape[:2], *output_size)
+                    output[:, :, f0:f1, y0:y1, x0:x1] += tile * weight.to(tile)
+        return _normalise(output, time_total, height_total, width_total)
+
+    # 6.4 Encoding
+
+    def _encode_chunks(self, x: torch.Tensor, tile: _TimeTile, cache: _CausalCache | None = None) -> _Chunks:
+        r"""Encode latent frames `[tile.start, tile.end)` of `x` (a clip from its first frame): frame 0 alone, then
+        `r` frames per latent frame. Returns moments `(B, 2*L, tile.end - tile.start, h, w)` and the cache snapshot."""
+        spans = [
+            (
+                slice(self._first_frame(index), self._first_frame(index + 1)),
+                slice(index - tile.start, index - tile.start + 1),
+            )
+            for index in range(tile.start, tile.end)
+        ]  # (video frames, latent frame)
+        return self._run_chunks(self.encoder, x, spans, tile.end - tile.start, cache, tile)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, num_frames, height, width = x.shape
         spatial = self.spatial_compression_ratio
-        num_latent_frames = 1 + (num_frames - 1) // self.temporal_compression_ratio
-        latent_height, latent_width = height // spatial, width // spatial
-        time_spans, height_spans, width_spans = self._tile_grid(num_latent_frames, latent_height, latent_width)
-        if not self.use_tiling or len(time_spans) * len(height_spans) * len(width_spans) == 1:
-            return self._encode_chunks(x)[0]
-
-        # Tiled, space outer and time inner. Spatial tiles overlap and are blended linearly. A temporal tile starts
-        # from the causal cache its predecessor reached at that frame, so it reproduces the untiled latents.
-        time_weights, time_total = _blend_weights(time_spans, num_latent_frames)
-        height_weights, height_total = _blend_weights(height_spans, latent_height)
-        width_weights, width_total = _blend_weights(width_spans, latent_width)
-        moments = None
-        for (h0, h1), weight_h in zip(height_spans, height_weights):
-            for (w0, w1), weight_w in zip(width_spans, width_weights):
-                x_tile = x[:, :, :, h0 * spatial : h1 * spatial, w0 * spatial : w1 * spatial]
-                cache = None
-                for index, ((t0, t1), weight_t) in enumerate(zip(time_spans, time_weights)):
-                    snapshot_at = time_spans[index + 1][0] if index + 1 < len(time_spans) else None
-                    tile, cache = self._encode_chunks(x_tile, cache, t0, t1, snapshot_at)  # (B, 2*L, t, h, w)
-                    weight = weight_t[:, None, None] * weight_h[:, None] * weight_w  # (t, h, w)
-                    if moments is None:
-                        moments = tile.new_zeros(
-                            tile.shape[0], tile.shape[1], num_latent_frames, latent_height, latent_width
-                        )
-                    moments[:, :, t0:t1, h0:h1, w0:w1] += tile * weight.to(tile)
-        return _normalise(moments, time_total, height_total, width_total)
+        size = (1 + (x.shape[2] - 1) // self.temporal_compression_ratio, x.shape[3] // spatial, x.shape[4] // spatial)
+        spans = self._tile_grid(*size)
+        if not self.use_tiling or math.prod(map(len, spans)) == 1:
+            return self._encode_chunks(x, _TimeTile(0, size[0]))[0]
+        return self._tiled(self._encode_chunks, x, spatial, spans, spans, size)
 
     @apply_forward_hook
     def encode(
@@ -863,70 +856,31 @@ class AutoencoderKLSpacetime(ModelMixin, ConfigMixin, AutoencoderMixin):
             return (posterior,)
         return AutoencoderKLOutput(latent_dist=posterior)
 
-    # 6.4 Decoding
+    # 6.5 Decoding
 
-    def _decode_chunks(
-        self,
-        z: torch.Tensor,
-        cache: _CausalCache | None = None,
-        start: int = 0,
-        end: int | None = None,
-        snapshot_at: int | None = None,
-    ) -> tuple[torch.Tensor, _CausalCache | None]:
-        r"""
-        Decode latent frames `[start, end)` of `z` in causal chunks of one latent frame (latent 0 -> 1 frame, every
-        later one -> `r` frames). `cache` and `snapshot_at` as in `_encode_chunks`.
-        """
-        batch_size, _, num_latent_frames, _, _ = z.shape
-        end = num_latent_frames if end is None else end
-        cache = _CausalCache(past={}, present={}) if cache is None else cache
-        sample, snapshot = None, None
-        first_frame = self._first_frame(start)
-        for index in range(start, end):
-            chunk = z[:, :, index : index + 1].contiguous(memory_format=torch.channels_last_3d)  # (B, L, 1, h, w)
-            chunk = self.decoder(chunk, cache)  # (B, C, 1 or r, H, W)
-            if sample is None:
-                num_frames = self._first_frame(end) - first_frame
-                sample = chunk.new_empty(batch_size, chunk.shape[1], num_frames, *chunk.shape[3:])
-            frame = self._first_frame(index) - first_frame
-            sample[:, :, frame : frame + chunk.shape[2]] = chunk
-            cache = cache.advance()
-            if index + 1 == snapshot_at:
-                snapshot = cache
-        return sample, snapshot  # (B, C, frames of [start, end), H, W)
+    def _decode_chunks(self, z: torch.Tensor, tile: _TimeTile, cache: _CausalCache | None = None) -> _Chunks:
+        r"""Decode latent frames `[tile.start, tile.end)` of `z`: latent 0 -> 1 frame, every later one -> `r` frames.
+        Returns the frames `(B, C, ..., H, W)` of those latent frames and the cache snapshot."""
+        first_frame = self._first_frame(tile.start)
+        spans = [
+            (
+                slice(index, index + 1),
+                slice(self._first_frame(index) - first_frame, self._first_frame(index + 1) - first_frame),
+            )
+            for index in range(tile.start, tile.end)
+        ]  # (latent frame, video frames)
+        return self._run_chunks(self.decoder, z, spans, self._first_frame(tile.end) - first_frame, cache, tile)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        _, _, num_latent_frames, latent_height, latent_width = z.shape
         spatial = self.spatial_compression_ratio
-        time_spans, height_spans, width_spans = self._tile_grid(num_latent_frames, latent_height, latent_width)
-        if not self.use_tiling or len(time_spans) * len(height_spans) * len(width_spans) == 1:
-            return self._decode_chunks(z)[0]
-
-        # Tiled, as in `_encode`, with the blend weights in pixels and frames
-        frame_spans = [(self._first_frame(t0), self._first_frame(t1)) for t0, t1 in time_spans]
-        pixel_height_spans = [(h0 * spatial, h1 * spatial) for h0, h1 in height_spans]
-        pixel_width_spans = [(w0 * spatial, w1 * spatial) for w0, w1 in width_spans]
-        num_frames, height, width = (
-            self._first_frame(num_latent_frames),
-            latent_height * spatial,
-            latent_width * spatial,
-        )
-        time_weights, time_total = _blend_weights(frame_spans, num_frames)
-        height_weights, height_total = _blend_weights(pixel_height_spans, height)
-        width_weights, width_total = _blend_weights(pixel_width_spans, width)
-        sample = None
-        for (h0, h1), (y0, y1), weight_h in zip(height_spans, pixel_height_spans, height_weights):
-            for (w0, w1), (x0, x1), weight_w in zip(width_spans, pixel_width_spans, width_weights):
-                z_tile = z[:, :, :, h0:h1, w0:w1]
-                cache = None
-                for index, ((t0, t1), (f0, f1), weight_t) in enumerate(zip(time_spans, frame_spans, time_weights)):
-                    snapshot_at = time_spans[index + 1][0] if index + 1 < len(time_spans) else None
-                    tile, cache = self._decode_chunks(z_tile, cache, t0, t1, snapshot_at)  # (B, C, f, H_t, W_t)
-                    weight = weight_t[:, None, None] * weight_h[:, None] * weight_w  # (f, H_t, W_t)
-                    if sample is None:
-                        sample = tile.new_zeros(tile.shape[0], tile.shape[1], num_frames, height, width)
-                    sample[:, :, f0:f1, y0:y1, x0:x1] += tile * weight.to(tile)
-        return _normalise(sample, time_total, height_total, width_total)
+        spans = self._tile_grid(*z.shape[2:])
+        if not self.use_tiling or math.prod(map(len, spans)) == 1:
+            return self._decode_chunks(z, _TimeTile(0, z.shape[2]))[0]
+        # Blend weights in frames and pixels
+        frame_spans = [(self._first_frame(t0), self._first_frame(t1)) for t0, t1 in spans[0]]
+        pixel_spans = [[(start * spatial, end * spatial) for start, end in axis_spans] for axis_spans in spans[1:]]
+        size = (self._first_frame(z.shape[2]), z.shape[3] * spatial, z.shape[4] * spatial)
+        return self._tiled(self._decode_chunks, z, 1, spans, (frame_spans, *pixel_spans), size)
 
     @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:

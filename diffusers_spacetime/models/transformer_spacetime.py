@@ -8,12 +8,12 @@ tokens and applies a feed-forward; the noise level enters every block through sh
 
 The layout follows diffusers' `WanTransformer3DModel` (`diffusers/models/transformers/transformer_wan.py`), so the
 defaults match Wan2.1-1.3B's dimensions and benchmarks compare like with like. The matmuls and attention are the same
-FLOPs as Wan's, so the speed-up comes only from what surrounds them; `benchmarks/README.md` has the numbers (eager
-forward ~1.15x Wan on CPU fp32 and on an H100 in bf16; with `torch.compile` both fuse the same and run at parity).
+FLOPs as Wan's, so the eager speed-up comes only from what surrounds them (with `torch.compile` both fuse the same);
+`benchmarks/README.md` has the numbers.
 Choices made for speed, with reasons:
 
-1. Feed-forward and text projection use exact (erf) GELU. On CPU, ATen's tanh-approximate GELU is ~5x slower than
-   the erf one (~10% of a small model's forward); on GPU both are memory-bound and cost the same.
+1. Feed-forward and text projection use exact (erf) GELU. On CPU, ATen's tanh-approximate GELU is several times
+   slower than the erf one; on GPU both are memory-bound and cost the same.
 2. No fp32 copies of the large activations. LayerNorm runs in the activation dtype (its kernels accumulate the
    statistics in fp32 anyway); the modulation is computed in fp32 on the small `(B, T, 6, D)` tensor and cast once
    per block; `x * (1 + scale) + shift` is one `addcmul`, the gated residual `x + gate * y` is another (each rounds
@@ -70,6 +70,9 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
+
+from ..hub.push import SpacetimeHubMixin
+from .nearest_sizes import nearest_valid_sizes
 
 ATTENTION_SPANS = ("spacetime", "frame", "window")
 QK_NORMS = ("rms_norm", None)
@@ -276,6 +279,9 @@ class SpacetimeAttnProcessor:
         frame_length: int | None = None,
         window: SpacetimeAttentionWindow | None = None,
     ) -> torch.Tensor:
+        """`hidden_states` `(B, N, D)`, keys/values from `encoder_hidden_states` `(B, L, D')` (None: self-attention)
+        and an additive `attention_mask` `(B, 1, 1, L)`; `rotary_emb` `(cos, sin)` each `(1, N, 1, d)`;
+        `frame_length` (tokens per frame) or `window` restrict self-attention. Returns `(B, N, D)`."""
         batch_size = hidden_states.shape[0]
 
         # 1. Projections: (B, N, heads*d) each; fused layers when `fuse_projections()` was called.
@@ -377,17 +383,11 @@ class SpacetimeAttention(nn.Module, AttentionModuleMixin):
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-        frame_length: int | None = None,
-        window: SpacetimeAttentionWindow | None = None,
+        attention_mask=None,
         **kwargs,
     ) -> torch.Tensor:
-        if window is not None:
-            kwargs["window"] = window
-        return self.processor(
-            self, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, frame_length, **kwargs
-        )
+        """`kwargs` (`rotary_emb`, `frame_length`, `window`) go to the processor: see `SpacetimeAttnProcessor`."""
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ class SpacetimeAttention(nn.Module, AttentionModuleMixin):
 
 
 class SpacetimeGELU(nn.Module):
-    """Linear projection followed by exact GELU (erf: ~5x faster than tanh-GELU on CPU, same on GPU)."""
+    """Linear projection followed by exact GELU (erf: faster than tanh-GELU on CPU, the same on GPU)."""
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
@@ -647,7 +647,7 @@ class SpacetimeDiTBlock(nn.Module):
         # 1. Self-attention
         grouped = hidden_states.unflatten(1, (num_groups, -1))  # (B, T, N/T, D)
         norm_hidden_states = _modulated_layer_norm(grouped, shift_msa, scale_msa, self.eps).flatten(1, 2)  # (B, N, D)
-        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb, frame_length, window)
+        attn_output = self.attn1(norm_hidden_states, rotary_emb=rotary_emb, frame_length=frame_length, window=window)
         grouped = torch.addcmul(grouped, attn_output.unflatten(1, (num_groups, -1)), gate_msa)  # (B, T, N/T, D)
 
         # 2. Cross-attention (no modulation, as in Wan)
@@ -668,12 +668,6 @@ class SpacetimeDiTBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _nearest_multiples(size: int, multiple: int) -> str:
-    lower = (size // multiple) * multiple
-    candidates = [value for value in (lower, lower + multiple) if value > 0]
-    return " or ".join(str(value) for value in candidates)
-
-
 def _drop_shared_padding(
     encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -691,7 +685,93 @@ def _drop_shared_padding(
     return encoder_hidden_states[:, :length], None  # (B, length, C)
 
 
-class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and value >= 1
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _is_window(value: Any) -> bool:
+    def is_size(size):
+        return size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1 and size % 2 == 1)
+
+    return isinstance(value, (tuple, list)) and len(value) == 3 and all(is_size(size) for size in value)
+
+
+def _check_config(config: dict[str, Any]) -> None:
+    """Raise for a configuration `SpacetimeDiTModel` cannot be built from, naming the key, the rule and the value."""
+    num_layers = config["num_layers"]
+    rules = (  # (key, test, rule), in order: `layer_attention_spans` relies on a valid `num_layers`
+        ("attention_span", lambda value: value in ATTENTION_SPANS, f"must be one of {ATTENTION_SPANS}"),
+        ("qk_norm", lambda value: value in QK_NORMS, f"must be one of {QK_NORMS}"),
+        (
+            "patch_size",
+            lambda value: isinstance(value, (tuple, list)) and len(value) == 3 and all(map(_is_count, value)),
+            "must be three positive ints (frames, rows, columns)",
+        ),
+        (
+            "attention_head_dim",
+            lambda value: isinstance(value, int) and value >= 6 and value % 2 == 0,
+            "must be even and at least 6 (the 3D rotary embedding rotates pairs along frames, rows and columns)",
+        ),
+        *(
+            (key, _is_count, "must be a positive int")
+            for key in ("in_channels", "num_attention_heads", "num_layers", "ffn_dim", "text_embed_dim", "freq_dim")
+        ),
+        ("freq_dim", lambda value: value % 2 == 0, "must be even (sine and cosine halves)"),
+        (
+            "out_channels",
+            lambda value: value is None or _is_count(value),
+            "must be a positive int or None (= in_channels)",
+        ),
+        ("eps", _is_positive_number, "must be a positive number"),
+        ("rope_theta", _is_positive_number, "must be a positive number"),
+        (
+            "text_refiner_layers",
+            lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            "must be an int >= 0",
+        ),
+        (
+            "attention_window",
+            _is_window,
+            "must be (frames, rows, columns), each an odd positive int or None (whole axis)",
+        ),
+        (
+            "layer_attention_spans",
+            lambda value: (
+                value is None
+                or (
+                    isinstance(value, (tuple, list))
+                    and len(value) == num_layers
+                    and all(v in ATTENTION_SPANS for v in value)
+                )
+            ),
+            f"must give one of {ATTENTION_SPANS} for each of the {num_layers} layers",
+        ),
+    )
+    for key, is_valid, rule in rules:
+        if not is_valid(config[key]):
+            raise ValueError(f"{key} {rule}, got {config[key]!r}.")
+    for key in ("use_absolute_positional_embeddings", "use_text_positional_embeddings", "use_pooled_text_modulation"):
+        if not isinstance(config[key], bool):
+            raise TypeError(f"{key} must be a bool, got {type(config[key]).__name__}.")
+
+
+def _timestep_tensor(timestep: Any, device: torch.device | None) -> torch.Tensor:
+    """A number or a list of numbers -> a tensor on `device`; a tensor stays as it is (it is checked first)."""
+    if isinstance(timestep, torch.Tensor):
+        return timestep
+    try:
+        return torch.tensor(timestep, device=device)
+    except (TypeError, RuntimeError, ValueError) as error:
+        raise TypeError(
+            f"timestep must be a number, a list of numbers or a torch.Tensor, got {type(timestep).__name__}."
+        ) from error
+
+
+class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin, SpacetimeHubMixin):
     r"""
     A diffusion transformer over spacetime patches (tubelets) of a video latent, conditioned on text and noise level.
 
@@ -803,74 +883,8 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
     ) -> None:
         super().__init__()
 
-        # 0. Validate the configuration
-        if attention_span not in ATTENTION_SPANS:
-            raise ValueError(f"attention_span must be one of {ATTENTION_SPANS}, got {attention_span!r}.")
-        if qk_norm not in QK_NORMS:
-            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {qk_norm!r}.")
+        _check_config(self.config)
         patch_size = tuple(patch_size)
-        if len(patch_size) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch_size):
-            raise ValueError(f"patch_size must be three positive ints (frames, rows, columns), got {patch_size}.")
-        if not isinstance(attention_head_dim, int) or attention_head_dim < 6 or attention_head_dim % 2:
-            raise ValueError(
-                f"attention_head_dim must be even and at least 6 (the 3D rotary embedding rotates pairs along "
-                f"frames, rows and columns), got {attention_head_dim}."
-            )
-        sizes = {
-            "in_channels": in_channels,
-            "num_attention_heads": num_attention_heads,
-            "num_layers": num_layers,
-            "ffn_dim": ffn_dim,
-            "text_embed_dim": text_embed_dim,
-            "freq_dim": freq_dim,
-        }
-        for name, value in sizes.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if freq_dim % 2:
-            raise ValueError(f"freq_dim must be even (sine and cosine halves), got {freq_dim}.")
-        if out_channels is not None and (not isinstance(out_channels, int) or out_channels < 1):
-            raise ValueError(f"out_channels must be a positive int or None (= in_channels), got {out_channels!r}.")
-        for name, value in (("eps", eps), ("rope_theta", rope_theta)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
-
-        flags = {
-            "use_absolute_positional_embeddings": use_absolute_positional_embeddings,
-            "use_text_positional_embeddings": use_text_positional_embeddings,
-            "use_pooled_text_modulation": use_pooled_text_modulation,
-        }
-        for name, value in flags.items():
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool, got {type(value).__name__}.")
-        if (
-            not isinstance(text_refiner_layers, int)
-            or isinstance(text_refiner_layers, bool)
-            or text_refiner_layers < 0
-        ):
-            raise ValueError(f"text_refiner_layers must be an int >= 0, got {text_refiner_layers!r}.")
-        if (
-            not isinstance(attention_window, (tuple, list))
-            or len(attention_window) != 3
-            or not all(
-                size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1 and size % 2)
-                for size in attention_window
-            )
-        ):
-            raise ValueError(
-                f"attention_window must be (frames, rows, columns), each an odd positive int or None (whole axis), "
-                f"got {attention_window!r}."
-            )
-        if layer_attention_spans is not None and (
-            not isinstance(layer_attention_spans, (tuple, list))
-            or len(layer_attention_spans) != num_layers
-            or any(span not in ATTENTION_SPANS for span in layer_attention_spans)
-        ):
-            raise ValueError(
-                f"layer_attention_spans must give one of {ATTENTION_SPANS} for each of the {num_layers} layers, got "
-                f"{layer_attention_spans!r}."
-            )
-
         inner_dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
         self.patch_size = patch_size
@@ -919,9 +933,57 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
     ) -> None:
+        """Raise a short `TypeError`/`ValueError` naming the first bad argument and the rule it breaks."""
         for name, value in (("hidden_states", hidden_states), ("encoder_hidden_states", encoder_hidden_states)):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
+        self._check_latent_shape(hidden_states)
+        batch_size, num_frames = hidden_states.shape[0], hidden_states.shape[2]
+        text_shape = tuple(encoder_hidden_states.shape)
+        if len(text_shape) != 3 or text_shape[-1] != self.config.text_embed_dim:
+            raise ValueError(
+                f"encoder_hidden_states must be (B, L, text_embed_dim={self.config.text_embed_dim}), got shape "
+                f"{text_shape}."
+            )
+        if text_shape[0] != batch_size:
+            raise ValueError(
+                f"encoder_hidden_states batch {text_shape[0]} does not match hidden_states batch {batch_size}."
+            )
+        # A TypeError here instead of a convolution's or matmul's dtype mismatch deep in the forward. The patch
+        # embedding keeps the compute dtype under layerwise casting; autocast converts inputs itself.
+        compute_dtype = self.patch_embedding.weight.dtype
+        for name, value in (("hidden_states", hidden_states), ("encoder_hidden_states", encoder_hidden_states)):
+            if not value.dtype.is_floating_point:
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}.")
+            if value.dtype != compute_dtype and not torch.is_autocast_enabled(value.device.type):
+                raise TypeError(
+                    f"{name} has dtype {value.dtype} but the model computes in {compute_dtype}: cast it with "
+                    f"{name}.to({compute_dtype}) (or run under torch.autocast)."
+                )
+        if timestep.dtype == torch.bool or timestep.dtype.is_complex:
+            raise TypeError(f"timestep must hold real numbers (noise levels), got dtype {timestep.dtype}.")
+        if encoder_attention_mask is not None and not isinstance(encoder_attention_mask, torch.Tensor):
+            raise TypeError(
+                f"encoder_attention_mask must be a torch.Tensor, got {type(encoder_attention_mask).__name__}."
+            )
+        if encoder_attention_mask is not None and tuple(encoder_attention_mask.shape) != text_shape[:2]:
+            raise ValueError(
+                f"encoder_attention_mask must be (B, L) = {text_shape[:2]} (1 keep, 0 padding), got shape "
+                f"{tuple(encoder_attention_mask.shape)}."
+            )
+        if timestep.ndim > 2 or (timestep.ndim >= 1 and timestep.shape[0] not in (1, batch_size)):
+            raise ValueError(
+                f"timestep must be a scalar, (B,) or (B, F) with B={batch_size} (or 1) and F={num_frames} latent "
+                f"frames, got shape {tuple(timestep.shape)}."
+            )
+        if timestep.ndim == 2 and timestep.shape[1] != num_frames:
+            raise ValueError(
+                f"timestep of shape (B, F) must give one noise level per latent frame: F={num_frames}, got shape "
+                f"{tuple(timestep.shape)}."
+            )
+
+    def _check_latent_shape(self, hidden_states: torch.Tensor) -> None:
+        """`(B, in_channels, F, H, W)`, non-empty, with `F`, `H`, `W` divisible by the patch size."""
         if hidden_states.ndim != 5:
             raise ValueError(f"hidden_states must be 5-D (B, C, F, H, W), got shape {tuple(hidden_states.shape)}.")
         batch_size, channels, num_frames, height, width = hidden_states.shape
@@ -939,52 +1001,8 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             if size % patch:
                 raise ValueError(
                     f"hidden_states {axis} {size} is not divisible by the patch size {patch} "
-                    f"(patch_size={self.patch_size}); nearest valid {axis}: {_nearest_multiples(size, patch)}."
+                    f"(patch_size={self.patch_size}); nearest valid {axis}: {nearest_valid_sizes(size, patch)}."
                 )
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != self.config.text_embed_dim:
-            raise ValueError(
-                f"encoder_hidden_states must be (B, L, text_embed_dim={self.config.text_embed_dim}), got shape "
-                f"{tuple(encoder_hidden_states.shape)}."
-            )
-        if encoder_hidden_states.shape[0] != batch_size:
-            raise ValueError(
-                f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} does not match hidden_states batch "
-                f"{batch_size}."
-            )
-        # A TypeError here instead of a convolution's or matmul's dtype mismatch deep in the forward. The patch
-        # embedding keeps the compute dtype under layerwise casting; autocast converts inputs itself.
-        compute_dtype = self.patch_embedding.weight.dtype
-        for name, value in (("hidden_states", hidden_states), ("encoder_hidden_states", encoder_hidden_states)):
-            if not value.dtype.is_floating_point:
-                raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}.")
-            if value.dtype != compute_dtype and not torch.is_autocast_enabled(value.device.type):
-                raise TypeError(
-                    f"{name} has dtype {value.dtype} but the model computes in {compute_dtype}: cast it with "
-                    f"{name}.to({compute_dtype}) (or run under torch.autocast)."
-                )
-        if timestep.dtype == torch.bool or timestep.dtype.is_complex:
-            raise TypeError(f"timestep must hold real numbers (noise levels), got dtype {timestep.dtype}.")
-        if encoder_attention_mask is not None:
-            if not isinstance(encoder_attention_mask, torch.Tensor):
-                raise TypeError(
-                    f"encoder_attention_mask must be a torch.Tensor, got {type(encoder_attention_mask).__name__}."
-                )
-            expected = (batch_size, encoder_hidden_states.shape[1])
-            if tuple(encoder_attention_mask.shape) != expected:
-                raise ValueError(
-                    f"encoder_attention_mask must be (B, L) = {expected} (1 keep, 0 padding), got shape "
-                    f"{tuple(encoder_attention_mask.shape)}."
-                )
-        if timestep.ndim > 2 or (timestep.ndim >= 1 and timestep.shape[0] not in (1, batch_size)):
-            raise ValueError(
-                f"timestep must be a scalar, (B,) or (B, F) with B={batch_size} (or 1) and F={num_frames} latent "
-                f"frames, got shape {tuple(timestep.shape)}."
-            )
-        if timestep.ndim == 2 and timestep.shape[1] != num_frames:
-            raise ValueError(
-                f"timestep of shape (B, F) must give one noise level per latent frame: F={num_frames}, got shape "
-                f"{tuple(timestep.shape)}."
-            )
 
     def _attention_window(self, grid: tuple[int, int, int], device: torch.device) -> SpacetimeAttentionWindow | None:
         """The window of this forward's `"window"` layers on the patch grid `(F', H', W')`; None if it covers it."""
@@ -1044,6 +1062,44 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             timestep = timestep[:, 0]  # (B,): one frame is the whole-sample case
         return timestep
 
+    def _condition(
+        self,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The conditioning every block reads: noise level per sample `(B,)` or per tubelet frame `(B, F')`, text.
+
+        Returns the projected text `(B, L, D)`, its additive padding bias `(B, 1, 1, L)` in `dtype` (None without a
+        mask), `temb` `(B, [F',] D)` for the output norm and the blocks' modulation `temb_proj` `(B, [F',] 6, D)`.
+        """
+        if timestep.ndim == 0:
+            timestep = timestep[None]  # (1,)
+        elif timestep.ndim == 2:
+            timestep = self._frame_timesteps(timestep)  # (B, F') or (B,)
+        if encoder_attention_mask is not None and not torch.compiler.is_compiling():
+            encoder_hidden_states, encoder_attention_mask = _drop_shared_padding(
+                encoder_hidden_states, encoder_attention_mask
+            )
+        encoder_hidden_states = self.text_embedder(encoder_hidden_states)  # (B, L, D)
+        if self.text_pos_embedding is not None:
+            text_positions = self.text_pos_embedding(encoder_hidden_states.shape[1], encoder_hidden_states.device)
+            encoder_hidden_states = encoder_hidden_states + text_positions.to(encoder_hidden_states.dtype)
+        attention_bias = None
+        if encoder_attention_mask is not None:
+            # Additive bias (B, 1, 1, L): the most negative finite value keeps a fully padded row finite.
+            keep = encoder_attention_mask.to(device=encoder_hidden_states.device, dtype=torch.bool)[:, None, None, :]
+            attention_bias = torch.zeros(keep.shape, device=keep.device, dtype=dtype)
+            attention_bias = attention_bias.masked_fill(~keep, torch.finfo(dtype).min)
+        if self.text_refiner is not None:
+            encoder_hidden_states = self.text_refiner(encoder_hidden_states, attention_bias)  # (B, L, D)
+        text_condition = None
+        if self.text_pooling is not None:
+            text_condition = self.text_pooling(encoder_hidden_states, attention_bias)  # (B, D)
+        temb, temb_proj = self.time_embedder(timestep, text_condition)  # (B, [F',] D), (B, [F',] 6, D)
+        return encoder_hidden_states, attention_bias, temb, temb_proj
+
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,
@@ -1077,58 +1133,28 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         Returns:
             `Transformer2DModelOutput` with `sample` of shape `(B, out_channels, F, H, W)`, or `(sample,)`.
         """
-        if not isinstance(timestep, torch.Tensor):
-            try:
-                timestep = torch.tensor(timestep, device=getattr(hidden_states, "device", None))
-            except (TypeError, RuntimeError, ValueError) as error:
-                raise TypeError(
-                    f"timestep must be a number, a list of numbers or a torch.Tensor, got {type(timestep).__name__}."
-                ) from error
+        timestep = _timestep_tensor(timestep, getattr(hidden_states, "device", None))
         self._check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)
         timestep = timestep.to(hidden_states.device)
         batch_size, _, num_frames, height, width = hidden_states.shape
         patch_frames, patch_height, patch_width = self.patch_size
-        grid_frames, grid_height, grid_width = num_frames // patch_frames, height // patch_height, width // patch_width
+        grid = (num_frames // patch_frames, height // patch_height, width // patch_width)  # (F', H', W')
 
         # 1. Patch embedding: tubelets -> tokens, frame-major
         hidden_states = self.patch_embedding(hidden_states)  # (B, D, F', H', W')
         # One copy to token-major memory: a transposed residual stream would make every later op strided.
         hidden_states = hidden_states.flatten(2).transpose(1, 2).contiguous()  # (B, F'*H'*W', D)
         if self.pos_embedding is not None:
-            position = self.pos_embedding(grid_frames, grid_height, grid_width, hidden_states.device)  # (1, N, D)
+            position = self.pos_embedding(*grid, hidden_states.device)  # (1, N, D)
             hidden_states = hidden_states + position.to(hidden_states.dtype)
-        rotary_emb = self.rope(grid_frames, grid_height, grid_width, hidden_states.device, hidden_states.dtype)
+        rotary_emb = self.rope(*grid, hidden_states.device, hidden_states.dtype)
 
-        # 2. Conditioning: noise level per sample (B,) or per tubelet frame (B, F'); text; padding bias once.
-        if timestep.ndim == 0:
-            timestep = timestep[None]  # (1,)
-        elif timestep.ndim == 2:
-            timestep = self._frame_timesteps(timestep)  # (B, F') or (B,)
-        if encoder_attention_mask is not None and not torch.compiler.is_compiling():
-            encoder_hidden_states, encoder_attention_mask = _drop_shared_padding(
-                encoder_hidden_states, encoder_attention_mask
-            )
-        encoder_hidden_states = self.text_embedder(encoder_hidden_states)  # (B, L, D)
-        if self.text_pos_embedding is not None:
-            text_positions = self.text_pos_embedding(encoder_hidden_states.shape[1], encoder_hidden_states.device)
-            encoder_hidden_states = encoder_hidden_states + text_positions.to(encoder_hidden_states.dtype)
-        attention_bias = None
-        if encoder_attention_mask is not None:
-            # Additive bias (B, 1, 1, L): the most negative finite value keeps a fully padded row finite.
-            keep = encoder_attention_mask.to(device=hidden_states.device, dtype=torch.bool)[:, None, None, :]
-            attention_bias = torch.zeros(keep.shape, device=keep.device, dtype=hidden_states.dtype)
-            attention_bias = attention_bias.masked_fill(~keep, torch.finfo(hidden_states.dtype).min)
-        if self.text_refiner is not None:
-            encoder_hidden_states = self.text_refiner(encoder_hidden_states, attention_bias)  # (B, L, D)
-        text_condition = None
-        if self.text_pooling is not None:
-            text_condition = self.text_pooling(encoder_hidden_states, attention_bias)  # (B, D)
-        temb, temb_proj = self.time_embedder(timestep, text_condition)  # (B, [F',] D), (B, [F',] 6, D)
-        # Self-attention layout of each span: (frame_length, window)
-        window = None
-        if "window" in self.layer_spans:
-            window = self._attention_window((grid_frames, grid_height, grid_width), hidden_states.device)
-        layouts = {"spacetime": (None, None), "frame": (grid_height * grid_width, None), "window": (None, window)}
+        # 2. Conditioning: noise level, text, padding bias; the self-attention layout of each span
+        encoder_hidden_states, attention_bias, temb, temb_proj = self._condition(
+            timestep, encoder_hidden_states, encoder_attention_mask, hidden_states.dtype
+        )
+        window = self._attention_window(grid, hidden_states.device) if "window" in self.layer_spans else None
+        layouts = {"spacetime": (None, None), "frame": (grid[1] * grid[2], None), "window": (None, window)}
 
         # 3. Transformer blocks
         for block, span in zip(self.blocks, self.layer_spans):
@@ -1147,13 +1173,10 @@ class SpacetimeDiTModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         hidden_states = _modulated_layer_norm(grouped, shift, scale, self.config.eps).flatten(1, 2)  # (B, N, D)
         hidden_states = self.proj_out(hidden_states)  # (B, N, C_out*pt*ph*pw)
 
-        # 5. Unpatchify: tokens -> (B, C_out, F, H, W)
-        hidden_states = hidden_states.reshape(
-            batch_size, grid_frames, grid_height, grid_width, patch_frames, patch_height, patch_width, -1
-        )  # (B, F', H', W', pt, ph, pw, C_out)
+        # 5. Unpatchify: tokens (B, N, C_out*pt*ph*pw) -> (B, F', H', W', pt, ph, pw, C_out) -> (B, C_out, F, H, W)
+        hidden_states = hidden_states.reshape(batch_size, *grid, *self.patch_size, -1)
         hidden_states = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C_out, F', pt, H', ph, W', pw)
         output = hidden_states.reshape(batch_size, -1, num_frames, height, width)  # (B, C_out, F, H, W)
-
         if not return_dict:
             return (output,)
         return Transformer2DModelOutput(sample=output)

@@ -29,7 +29,7 @@ from diffusers.utils import load_video, logging, replace_example_docstring
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from .pipeline_output import SpacetimeVideoPipelineOutput
-from .pipeline_spacetime import SpacetimeVideoPipeline
+from .pipeline_spacetime import GenerationInputs, SpacetimeVideoPipeline, shared_arguments_docstring
 
 logger = logging.get_logger(__name__)
 
@@ -150,6 +150,7 @@ class SpacetimeImageToVideoPipeline(SpacetimeVideoPipeline):
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @shared_arguments_docstring
     def __call__(
         self,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
@@ -202,12 +203,7 @@ class SpacetimeImageToVideoPipeline(SpacetimeVideoPipeline):
             resize_mode (`str`, defaults to `"default"`):
                 `"default"` (exact size, aspect may change, with a warning), `"crop"` (cover, centre crop) or
                 `"fill"` (fit, fill the margins from the edges).
-            num_inference_steps, guidance_scale, num_videos_per_prompt, generator, latents, prompt_embeds,
-            negative_prompt_embeds, output_type, return_dict, attention_kwargs, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, max_sequence_length, prompt_attention_mask,
-            negative_prompt_attention_mask:
-                As in [`SpacetimeVideoPipeline.__call__`]; `latents` cover all latent frames (the conditioning ones
-                are overwritten by the clean latents).
+            {shared_arguments}
 
         Examples:
 
@@ -215,46 +211,8 @@ class SpacetimeImageToVideoPipeline(SpacetimeVideoPipeline):
             [`SpacetimeVideoPipelineOutput`] or `tuple`: the videos; their first `num_conditioning_frames` frames
             reconstruct the conditioning.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs)
-
-        # 1. Defaults, then the text-to-video checks, then the conditioning checks
-        height = self._config_default("height", height)
-        width = self._config_default("width", width)
-        num_frames = self._config_default("num_frames", num_frames)
-        self.check_inputs(
-            prompt,
-            negative_prompt,
-            height,
-            width,
-            num_frames,
-            num_inference_steps,
-            guidance_scale,
-            num_videos_per_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            prompt_attention_mask,
-            negative_prompt_attention_mask,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-            max_sequence_length,
-        )
-        num_conditioning_frames = self._check_conditioning(
-            image, video, num_frames, num_conditioning_frames, resize_mode
-        )
-
-        # 2. Conditioning frames -> (1, 3, n, H, W) in [-1, 1] -> clean normalised latents (1, C, n_latent, h, w)
-        frames = self._conditioning_frames(image, video)
-        if len(frames) < num_conditioning_frames:
-            raise ValueError(
-                f"`video` has {len(frames)} frames, fewer than `num_conditioning_frames` ({num_conditioning_frames})."
-            )
-        pixels = self._resize(frames[-num_conditioning_frames:], height, width, resize_mode)
-        condition_latents = self.encode_conditioning(pixels)
-
-        # 3. The shared sampling loop, holding the conditioning latent frames clean
-        return self._generate(
+        # 1. The text-to-video checks (with the checkpoint's size defaults), then the conditioning checks
+        inputs = GenerationInputs(
             prompt=prompt,
             negative_prompt=negative_prompt,
             height=height,
@@ -267,16 +225,35 @@ class SpacetimeImageToVideoPipeline(SpacetimeVideoPipeline):
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
-            prompt_attention_mask=prompt_attention_mask,
-            negative_prompt_attention_mask=negative_prompt_attention_mask,
             output_type=output_type,
             return_dict=return_dict,
             attention_kwargs=attention_kwargs,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             max_sequence_length=max_sequence_length,
-            condition_latents=condition_latents,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
         )
+        inputs = self._check_call(inputs)
+        num_conditioning_frames = self._check_conditioning(
+            image, video, inputs.num_frames, num_conditioning_frames, resize_mode
+        )
+
+        # 2. The shared sampling loop, holding the conditioning latent frames clean
+        condition_latents = self._condition_latents(image, video, num_conditioning_frames, inputs, resize_mode)
+        return self._generate(inputs, condition_latents=condition_latents)
+
+    def _condition_latents(
+        self, image, video, num_conditioning_frames: int, inputs: GenerationInputs, resize_mode: str
+    ) -> torch.Tensor:
+        """Conditioning frames -> (1, 3, n, H, W) in [-1, 1] -> clean normalised latents (1, C, n_latent, h, w)."""
+        frames = self._conditioning_frames(image, video)
+        if len(frames) < num_conditioning_frames:
+            raise ValueError(
+                f"`video` has {len(frames)} frames, fewer than `num_conditioning_frames` ({num_conditioning_frames})."
+            )
+        pixels = self._resize(frames[-num_conditioning_frames:], inputs.height, inputs.width, resize_mode)
+        return self.encode_conditioning(pixels)
 
     def _check_conditioning(self, image, video, num_frames, num_conditioning_frames, resize_mode) -> int:
         """Validate the conditioning arguments; returns the number of conditioning frames."""

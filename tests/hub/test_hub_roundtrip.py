@@ -21,14 +21,9 @@ from transformers import AutoTokenizer
 
 from diffusers_spacetime import AutoencoderKLSpacetime, SpacetimeDiTModel, SpacetimeVideoPipeline
 from diffusers_spacetime.cli import main as cli_main
-from diffusers_spacetime.model_card import (
-    files_to_upload,
-    push_folder_to_hub,
-    push_lora_to_hub,
-    push_model_to_hub,
-    push_pipeline_to_hub,
-)
+from diffusers_spacetime.model_card import files_to_upload, push_folder_to_hub, push_lora_to_hub
 
+from ..models.test_transformer_spacetime import CONFIG as DIT_CONFIG
 from ..pipelines.conftest import call_kwargs, make_pipeline, minilm_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,15 +51,7 @@ def tiny_vae() -> AutoencoderKLSpacetime:
 
 def tiny_dit() -> SpacetimeDiTModel:
     torch.manual_seed(0)
-    return SpacetimeDiTModel(
-        in_channels=4,
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=2,
-        ffn_dim=64,
-        text_embed_dim=32,
-    ).eval()
+    return SpacetimeDiTModel(**DIT_CONFIG).eval()  # text_embed_dim 32
 
 
 @torch.no_grad()
@@ -115,15 +102,15 @@ def test_vae_push_pull_revision_dtype_and_card(hub, monkeypatch, tmp_path):
     video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     mse = torch.mean((expected - video) ** 2).item()
     results = {"Reconstruction MSE": {"value": mse, "note": "one random 5x16x16 clip in [-1, 1], untrained weights"}}
-    first = push_model_to_hub(vae, "user/tiny-vae", token=hub.token, training=TRAINING, results=results)
+    first = vae.push_to_hub("user/tiny-vae", token=hub.token, training=TRAINING, results=results)
 
-    # A second version through diffusers' own `push_to_hub`; it keeps the card that is already there.
+    # A second version without card facts keeps the card that is already there.
     with torch.no_grad():
         for parameter in vae.parameters():
             parameter.add_(0.01)
     changed = vae_output(vae)
     vae.push_to_hub("user/tiny-vae", token=hub.token)
-    push_model_to_hub(vae, "user/tiny-vae", revision="experiment", token=hub.token)  # a new branch
+    vae.push_to_hub("user/tiny-vae", revision="experiment", token=hub.token)  # a new branch
 
     cache = hub.fresh_cache("vae")
     pinned = AutoencoderKLSpacetime.from_pretrained(
@@ -159,7 +146,7 @@ def test_dit_private_subfolder_and_card(hub, monkeypatch, tmp_path):
     )
     torch.testing.assert_close(dit_output(pulled), expected, rtol=0, atol=0)
 
-    push_model_to_hub(dit, "tiny-dit", token=hub.token, training=TRAINING)  # a bare name: the token's namespace
+    dit.push_to_hub("tiny-dit", token=hub.token, training=TRAINING)  # a bare name: the token's namespace
     card = ModelCard.load("user/tiny-dit")
     assert 'from_pretrained(\n    "user/tiny-dit"' in card.text
     check_card_metadata(card, "transformer")
@@ -191,7 +178,8 @@ sys.exit(main(["a red circle", "--model", "user/tiny-pipe", "--steps", "2", "--o
 def test_pipeline_push_pull_offline_cli_and_card(hub, tokenizer, monkeypatch, tmp_path):
     pipe = make_pipeline(tokenizer)
     expected = frames(pipe)
-    commit = pipe.push_to_hub("user/tiny-pipe", token=hub.token)  # diffusers' own push
+    commit = pipe.push_to_hub("user/tiny-pipe", token=hub.token)  # no card facts: the card from the configs alone
+    check_card_metadata(ModelCard.load("user/tiny-pipe"), "pipeline")
 
     cache = hub.fresh_cache("pipe")
     pulled = SpacetimeVideoPipeline.from_pretrained(
@@ -226,13 +214,8 @@ def test_pipeline_push_pull_offline_cli_and_card(hub, tokenizer, monkeypatch, tm
 
     # The card helper: facts from the configs, YAML the Hub accepts, a snippet that runs as written.
     results = {"Seconds per video (2 steps, CPU)": {"value": 0.1, "note": "test fixture, not a benchmark"}}
-    push_pipeline_to_hub(
-        pipe,
-        "user/tiny-pipe-card",
-        token=hub.token,
-        training=TRAINING,
-        results=results,
-        usage={"num_inference_steps": 2},
+    pipe.push_to_hub(
+        "user/tiny-pipe-card", token=hub.token, training=TRAINING, results=results, usage={"num_inference_steps": 2}
     )
     card = ModelCard.load("user/tiny-pipe-card")
     check_card_metadata(card, "pipeline")
@@ -263,7 +246,7 @@ def add_adapter(pipe, seed: int) -> LoraConfig:
 def test_lora_push_load_by_repo_id_offline_and_card(hub, tokenizer, monkeypatch, tmp_path):
     pipe = make_pipeline(tokenizer)
     base = frames(pipe)
-    push_pipeline_to_hub(pipe, "user/lora-base", token=hub.token)
+    pipe.push_to_hub("user/lora-base", token=hub.token)
     add_adapter(pipe, seed=1)
     with_lora = frames(pipe)
     assert not np.allclose(with_lora, base)

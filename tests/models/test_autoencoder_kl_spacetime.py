@@ -13,7 +13,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from diffusers_spacetime import AutoencoderKLSpacetime
 
-# The tiny config from issue 2: 4x4 spatial, 4x temporal, 4 latent channels
+# The tiny config: 4x4 spatial, 4x temporal, 4 latent channels
 TINY = {
     "block_out_channels": (16, 32, 32),
     "layers_per_block": 1,
@@ -32,12 +32,8 @@ COMPRESSION_CONFIGS = [
 
 
 @pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # tensors this small gain nothing from threads, and a second thread crawls when the host is busy
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Tensors this small gain nothing from threads (see `one_thread`)."""
 
 
 def make_model(seed: int = 0, **overrides) -> AutoencoderKLSpacetime:
@@ -178,22 +174,32 @@ def count_calls(monkeypatch, model, name):
     return calls
 
 
+@torch.no_grad()
+def encode_decode(model: AutoencoderKLSpacetime, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior mean of `video` and its decoding."""
+    latents = model.encode(video).latent_dist.mean
+    return latents, model.decode(latents).sample
+
+
+def count_chunk_calls(monkeypatch, model) -> tuple[list, list]:
+    """Calls of the encoder's and the decoder's chunk runs (one per tile)."""
+    return count_calls(monkeypatch, model, "_encode_chunks"), count_calls(monkeypatch, model, "_decode_chunks")
+
+
 def test_temporal_tiling_is_exact(monkeypatch):
     # temporal tiles continue the causal cache of the previous one, so they reproduce the untiled output
     model = make_model()
     video = smooth_video(1, 21, 16, 16)
-    with torch.no_grad():
-        latents = model.encode(video).latent_dist.mean
-        decoded = model.decode(latents).sample
-        for stride in (4, 8):  # with and without overlap
-            model.enable_tiling(tile_sample_min_num_frames=8, tile_sample_stride_num_frames=stride)
-            encode_calls = count_calls(monkeypatch, model, "_encode_chunks")
-            decode_calls = count_calls(monkeypatch, model, "_decode_chunks")
+    latents, decoded = encode_decode(model, video)
+    for stride in (4, 8):  # with and without overlap
+        model.enable_tiling(tile_sample_min_num_frames=8, tile_sample_stride_num_frames=stride)
+        encode_calls, decode_calls = count_chunk_calls(monkeypatch, model)
+        with torch.no_grad():
             torch.testing.assert_close(model.encode(video).latent_dist.mean, latents, rtol=0, atol=1e-5)
             torch.testing.assert_close(model.decode(latents).sample, decoded, rtol=0, atol=1e-5)
-            assert len(encode_calls) > 1 and len(decode_calls) > 1
-            monkeypatch.undo()
-            model.disable_tiling()
+        assert len(encode_calls) > 1 and len(decode_calls) > 1
+        monkeypatch.undo()
+        model.disable_tiling()
 
 
 class _LocalEncoder(torch.nn.Module):
@@ -235,12 +241,10 @@ def test_tiled_close_to_untiled(monkeypatch):
     # with margin; the benchmark measures larger tiles on a long clip.
     model = make_model()
     video = smooth_video(1, 17, 48, 48)
+    latents, decoded = encode_decode(model, video)
+    model.enable_tiling(**TILES)
+    encode_calls, decode_calls = count_chunk_calls(monkeypatch, model)
     with torch.no_grad():
-        latents = model.encode(video).latent_dist.mean
-        decoded = model.decode(latents).sample
-        model.enable_tiling(**TILES)
-        encode_calls = count_calls(monkeypatch, model, "_encode_chunks")
-        decode_calls = count_calls(monkeypatch, model, "_decode_chunks")
         tiled_latents = model.encode(video).latent_dist.mean
         tiled_decoded = model.decode(latents).sample
     assert len(encode_calls) == len(decode_calls) == 2 * 2 * 4  # 2x2 spatial tiles, 4 temporal tiles
@@ -318,33 +322,26 @@ def test_save_load_round_trip(tmp_path):
 # 6. Input checks: short errors naming the argument, the rule and the nearest valid sizes
 
 
+BAD_INPUTS = [
+    ("encode", [[0.0]], TypeError, r"x must be a torch.Tensor"),
+    ("decode", None, TypeError, r"z must be a torch.Tensor"),
+    ("forward", 1.0, TypeError, r"sample must be a torch.Tensor"),
+    ("encode", torch.zeros(1, 3, 16, 16), ValueError, r"x must be 5D .* got shape \(1, 3, 16, 16\); .*unsqueeze"),
+    ("encode", torch.zeros(1, 4, 5, 16, 16), ValueError, r"x has 4 channels, but in_channels=3"),
+    ("encode", torch.zeros(1, 3, 10, 16, 16), ValueError, r"num_frames=10 is not 1 \+ k\*4; nearest valid: 9 or 13"),
+    ("encode", torch.zeros(1, 3, 0, 16, 16), ValueError, r"num_frames=0 is not 1 \+ k\*4; nearest valid: 1"),
+    ("forward", torch.zeros(1, 3, 6, 16, 16), ValueError, r"sample: num_frames=6 .* nearest valid: 5 or 9"),
+    ("encode", torch.zeros(1, 3, 5, 18, 16), ValueError, r"height=18 is not a multiple of spatial_compression_ratio=4; nearest valid: 16 or 20"),
+    ("encode", torch.zeros(1, 3, 5, 16, 2), ValueError, r"width=2 is not a multiple .*; nearest valid: 4\."),
+    ("decode", torch.zeros(1, 4, 2, 4), ValueError, r"z must be 5D"),
+    ("decode", torch.zeros(1, 3, 2, 4, 4), ValueError, r"z has 3 channels, but latent_channels=4"),
+    ("decode", torch.zeros(1, 4, 0, 4, 4), ValueError, r"z must have at least one frame"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "method, tensor, error, match",
-    [
-        ("encode", [[0.0]], TypeError, r"x must be a torch.Tensor"),
-        ("decode", None, TypeError, r"z must be a torch.Tensor"),
-        ("forward", 1.0, TypeError, r"sample must be a torch.Tensor"),
-        ("encode", torch.zeros(1, 3, 16, 16), ValueError, r"x must be 5D .* got shape \(1, 3, 16, 16\); .*unsqueeze"),
-        ("encode", torch.zeros(1, 4, 5, 16, 16), ValueError, r"x has 4 channels, but in_channels=3"),
-        (
-            "encode",
-            torch.zeros(1, 3, 10, 16, 16),
-            ValueError,
-            r"num_frames=10 is not 1 \+ k\*4; nearest valid: 9 or 13",
-        ),
-        ("encode", torch.zeros(1, 3, 0, 16, 16), ValueError, r"num_frames=0 is not 1 \+ k\*4; nearest valid: 1"),
-        ("forward", torch.zeros(1, 3, 6, 16, 16), ValueError, r"sample: num_frames=6 .* nearest valid: 5 or 9"),
-        (
-            "encode",
-            torch.zeros(1, 3, 5, 18, 16),
-            ValueError,
-            r"height=18 is not a multiple of spatial_compression_ratio=4; nearest valid: 16 or 20",
-        ),
-        ("encode", torch.zeros(1, 3, 5, 16, 2), ValueError, r"width=2 is not a multiple .*; nearest valid: 4\."),
-        ("decode", torch.zeros(1, 4, 2, 4), ValueError, r"z must be 5D"),
-        ("decode", torch.zeros(1, 3, 2, 4, 4), ValueError, r"z has 3 channels, but latent_channels=4"),
-        ("decode", torch.zeros(1, 4, 0, 4, 4), ValueError, r"z must have at least one frame"),
-    ],
+    BAD_INPUTS,
     ids=lambda value: None if not isinstance(value, str) else value[:40],
 )
 def test_bad_input_raises(method, tensor, error, match):

@@ -25,33 +25,12 @@ import torch
 from peft import LoraConfig
 from safetensors import safe_open
 
-from diffusers_spacetime import SpacetimeDiTModel
+from ..pipelines.conftest import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
+from .test_transformer_spacetime import CONFIG, make_model
 
-CONFIG = {
-    "in_channels": 4,
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 2,
-    "attention_head_dim": 16,
-    "num_layers": 2,
-    "ffn_dim": 64,
-    "text_embed_dim": 32,
-}
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 ALL_LINEAR = (*ATTENTION, "ff.net.0.proj", "ff.net.2")
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def make_model() -> SpacetimeDiTModel:
-    torch.manual_seed(0)
-    return SpacetimeDiTModel(**CONFIG).eval()
 
 
 def add_adapter(model, name, seed, rank=4, alpha=8, targets=ALL_LINEAR, trained=True) -> None:

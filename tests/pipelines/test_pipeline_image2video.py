@@ -16,7 +16,7 @@ from diffusers.utils import export_to_video
 
 from diffusers_spacetime import SpacetimeImageToVideoPipeline, SpacetimeVideoPipeline
 
-from .conftest import DEFAULT_SIZE, call_kwargs, make_components
+from .conftest import DEFAULT_SIZE, assert_rejects, call_kwargs, make_components
 from .test_pipeline_spacetime import TransformerSpy
 
 
@@ -204,9 +204,7 @@ class TestBadInputs:
 
     @pytest.mark.parametrize("name", list(CASES))
     def test_bad_input_raises(self, i2v, name):
-        overrides, message = self.CASES[name]
-        with pytest.raises(ValueError, match=message):
-            i2v(**call_kwargs(**overrides))
+        assert_rejects(i2v, *self.CASES[name])
 
 
 def test_lora_methods_are_there(i2v):

@@ -21,9 +21,10 @@ from diffusers import (
 from diffusers.utils import export_to_video
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffusers_spacetime import SpacetimeVideoPipeline, SpacetimeVideoPipelineOutput
+from diffusers_spacetime import SpacetimeImageToVideoPipeline, SpacetimeVideoPipeline, SpacetimeVideoPipelineOutput
+from diffusers_spacetime.pipelines.pipeline_spacetime import GenerationInputs, TextConditioning
 
-from .conftest import LATENT_CHANNELS, call_kwargs, make_components, make_pipeline
+from .conftest import LATENT_CHANNELS, assert_rejects, call_kwargs, make_components, make_pipeline
 
 SPATIAL, TEMPORAL = 4, 4  # the tiny VAE's compression
 
@@ -166,16 +167,9 @@ class TestGuidance:
 
     def test_prompt_embeds_equal_prompt(self, pipe):
         from_prompt = pipe(**call_kwargs(negative_prompt="blurry")).frames
-        embeds, mask, negative_embeds, negative_mask = pipe.encode_prompt("a red circle moves right", "blurry")
-        from_embeds = pipe(
-            **call_kwargs(
-                prompt=None,
-                prompt_embeds=embeds,
-                prompt_attention_mask=mask,
-                negative_prompt_embeds=negative_embeds,
-                negative_prompt_attention_mask=negative_mask,
-            )
-        ).frames
+        # (prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
+        text = pipe.encode_prompt("a red circle moves right", "blurry")
+        from_embeds = pipe(**call_kwargs(prompt=None, **TextConditioning(*text)._asdict())).frames
         np.testing.assert_array_equal(from_prompt, from_embeds)
 
 
@@ -322,9 +316,7 @@ class TestBadInputs:
 
     @pytest.mark.parametrize("name", list(CASES))
     def test_bad_input_raises(self, pipe, name):
-        overrides, message = self.CASES[name]
-        with pytest.raises(ValueError, match=message):
-            pipe(**call_kwargs(**overrides))
+        assert_rejects(pipe, *self.CASES[name])
 
     def test_text_encoder_width_mismatch(self, tokenizer):
         from transformers import BertConfig, BertModel
@@ -335,6 +327,25 @@ class TestBadInputs:
         )
         with pytest.raises(ValueError, match=r"48-d hidden states but `transformer.config.text_embed_dim` is 32"):
             SpacetimeVideoPipeline(**components)
+
+    def test_generation_inputs_mirror_the_call_signature(self):
+        # `__call__` fills `GenerationInputs` positionally: same names, order and defaults.
+        import dataclasses
+        import inspect
+
+        fields = [(field.name, field.default) for field in dataclasses.fields(GenerationInputs)]
+        parameters = list(inspect.signature(SpacetimeVideoPipeline.__call__).parameters.values())[1:]
+        assert fields == [(parameter.name, parameter.default) for parameter in parameters]
+        i2v = inspect.signature(SpacetimeImageToVideoPipeline.__call__).parameters
+        assert all(i2v[name].default == default for name, default in fields if name in i2v)
+
+    def test_generation_inputs_name_what_the_checks_and_encoder_take(self):
+        import inspect
+
+        checks = list(inspect.signature(SpacetimeVideoPipeline.check_inputs).parameters)[1:]
+        assert list(GenerationInputs.CHECKED_FIELDS) == checks
+        encoder = inspect.signature(SpacetimeVideoPipeline.encode_prompt).parameters
+        assert set(GenerationInputs.PROMPT_FIELDS) <= set(encoder)
 
     def test_text_encoder_swapped_after_init(self, pipe, tokenizer):
         from transformers import BertConfig, BertModel

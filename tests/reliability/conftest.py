@@ -23,12 +23,8 @@ TINY_DIT = {
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; two per process oversubscribe a 2-core machine under `-n 2`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every reliability test runs single-threaded (see `one_thread`)."""
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffusers_spacetime import SpacetimeImageToVideoPipeline, cli
-from tests.pipelines.conftest import DEFAULT_SIZE, call_kwargs, make_components, make_pipeline
+from tests.pipelines.conftest import DEFAULT_SIZE, assert_rejects, make_components, make_pipeline
 from training import make_shapes_dataset, train_autoencoder, train_lora, train_text_to_video
 from training.data import FrameCountBatchSampler, VideoFolderDataset
 
@@ -179,9 +179,7 @@ def pipe(tokenizer):
 
 @pytest.mark.parametrize("name", list(PIPELINE_CASES))
 def test_pipeline_bad_input(pipe, name):
-    overrides, match = PIPELINE_CASES[name]
-    with pytest.raises(ValueError, match=match):
-        pipe(**call_kwargs(**overrides))
+    assert_rejects(pipe, *PIPELINE_CASES[name])
 
 
 IMAGE = np.zeros((32, 32, 3), np.uint8)
@@ -209,9 +207,7 @@ def i2v(tokenizer):
 
 @pytest.mark.parametrize("name", list(I2V_CASES))
 def test_image_to_video_bad_input(i2v, name):
-    overrides, match = I2V_CASES[name]
-    with pytest.raises(ValueError, match=match):
-        i2v(**call_kwargs(**overrides))
+    assert_rejects(i2v, *I2V_CASES[name])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,9 +310,9 @@ def test_batch_sampler_and_split_bad_sizes(tiny_clips):
 # 6. The training scripts' flags: ValueError naming the flag, from parse_args, before any model loads
 # ----------------------------------------------------------------------------------------------------------------
 
-# flag values that argparse accepts but training cannot use; before, most failed late (a ZeroDivisionError after the
-# first step for --checkpointing_steps 0), or silently (--max_train_steps 0 fell back to epochs,
-# --checkpoints_total_limit 0 deleted every checkpoint as it was written)
+# flag values that argparse accepts but training cannot use: parse_args rejects them, where they would otherwise fail
+# late (a ZeroDivisionError after the first step for --checkpointing_steps 0) or silently (--max_train_steps 0 falling
+# back to epochs, --checkpoints_total_limit 0 deleting every checkpoint as it is written)
 SHARED_FLAG_CASES = {
     "--train_batch_size 0": (["--train_batch_size", "0"], r"--train_batch_size must be at least 1, got 0"),
     "--gradient_accumulation_steps 0": (["--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps must be at least 1"),

@@ -23,7 +23,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from training import checkpointing, make_shapes_dataset
+from training import checkpointing, make_shapes_dataset, run_log
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TRAIN_STEPS = 12  # about 50 ms each here, after 3-4 s of start-up
@@ -84,7 +84,7 @@ def _kill(process: subprocess.Popen) -> bool:
 
 def _logged_steps(output_dir: Path) -> int:
     try:
-        return len((output_dir / checkpointing.TRAIN_LOG).read_text().splitlines())
+        return len((output_dir / run_log.TRAIN_LOG).read_text().splitlines())
     except FileNotFoundError:
         return 0
 
@@ -120,7 +120,7 @@ def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _losses(output_dir: Path) -> dict[int, float]:
-    return {row["step"]: row["loss"] for row in checkpointing.read_train_log(output_dir)}  # later rows win
+    return {row["step"]: row["loss"] for row in run_log.read_train_log(output_dir)}  # later rows win
 
 
 def _run_kill_chain(clips: Path, tmp_path: Path, kill_points: list[str], seed: int) -> list[str]:

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from training import checkpointing, train_autoencoder
+from training import run_log, train_autoencoder
 from training.adversarial import (
     SpacetimePatchDiscriminator,
     adaptive_adversarial_weight,
@@ -12,6 +12,7 @@ from training.adversarial import (
     generator_adversarial_loss,
 )
 
+from .conftest import killed_run
 from .test_train_autoencoder import _args
 
 ADVERSARIAL = ["--adversarial_weight", "0.5", "--adversarial_start_step", "1", "--discriminator_channels", "8",
@@ -37,7 +38,7 @@ def test_hinge_losses_and_the_adaptive_weight():
 def test_a_few_steps_start_the_discriminator_after_the_warm_up(shapes_dir, tmp_path):
     result = train_autoencoder.main(_args(shapes_dir, tmp_path, "--max_train_steps", "3", *ADVERSARIAL))
     assert all(torch.isfinite(torch.tensor(result["losses"])))
-    log = checkpointing.read_train_log(tmp_path)
+    log = run_log.read_train_log(tmp_path)
     assert [row["discriminator"] == 0 for row in log] == [True, False, False]  # step 1: warm-up only
     assert log[0]["adversarial"] == 0 and log[1]["adversarial"] != 0
     assert (tmp_path / "vae" / "config.json").exists()
@@ -47,9 +48,7 @@ def test_resume_reproduces_the_uninterrupted_losses_with_the_discriminator(shape
     full = train_autoencoder.main(
         _args(shapes_dir, tmp_path / "a", "--max_train_steps", "4", "--checkpointing_steps", "2", *ADVERSARIAL)
     )
-    resumed_dir = tmp_path / "b"
-    resumed_dir.mkdir()
-    (tmp_path / "a" / "checkpoint-2").rename(resumed_dir / "checkpoint-2")
+    resumed_dir = killed_run(tmp_path / "a", 2, tmp_path / "b")
     resumed = train_autoencoder.main(
         _args(shapes_dir, resumed_dir, "--max_train_steps", "4", "--checkpointing_steps", "2",
               "--resume_from_checkpoint", "latest", *ADVERSARIAL)

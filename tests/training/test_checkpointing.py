@@ -4,7 +4,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from training import checkpointing
+from training import checkpointing, run_log
 
 
 @pytest.fixture
@@ -56,6 +56,6 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
 
 def test_train_log_truncates_on_resume(tmp_path):
     for step in (1, 2, 3):
-        checkpointing.append_train_log(tmp_path, {"step": step, "loss": float(step)})
-    checkpointing.truncate_train_log(tmp_path, 2)
-    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2]
+        run_log.append_train_log(tmp_path, {"step": step, "loss": float(step)})
+    run_log.truncate_train_log(tmp_path, 2)
+    assert [row["step"] for row in run_log.read_train_log(tmp_path)] == [1, 2]

@@ -4,7 +4,6 @@ process, resumes from its sharded checkpoint, generates when every process runs 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +14,16 @@ import torch
 
 from diffusers_spacetime import SpacetimeDiTModel
 
+from .conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run_worker(output_dir: Path, num_processes: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
-        "--master_port", str(_free_port()), str(REPO / "tests" / "training" / "fsdp_dit_worker.py"), str(output_dir),
+        "--master_port", str(free_port()), str(REPO / "tests" / "training" / "fsdp_dit_worker.py"), str(output_dir),
     ]  # fmt: skip
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -199,7 +199,7 @@ def test_new_color_writes_only_that_concept(restore_palette, tmp_path):
     assert all(record["text"].startswith("a pink ") for record in records)
     frames = read_video_frames(tmp_path / records[0]["file_name"], list(range(5)))
     attributes = {key: records[0][key] for key in ("color", "shape", "direction", "occluder")}
-    assert evaluation.evaluate_video(frames, attributes, shapes.PALETTE)["color_correct"]
+    assert evaluation.evaluate_video(frames, attributes)["color_correct"]
 
 
 @pytest.mark.parametrize(

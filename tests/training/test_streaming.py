@@ -1,6 +1,7 @@
 """Streamed tar shards: shard lists, batches formed before decoding, exact mid-epoch resumption (data and training),
 bad samples replaced and named, the training script's flags."""
 
+import functools
 import io
 import json
 import os
@@ -13,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from training import checkpointing, train_text_to_video
+from training import run_log, train_text_to_video
 from training.streaming import TarShardStream, expand_shards
 
+from .conftest import free_port
+from .resume_check import run_and_resume
 from .test_data import _write_video
 from .test_train_own_videos import REPO, TINY_VAE
-from .test_train_text_to_video import _free_port
 
 
 def _add(archive, name, data: bytes):
@@ -117,18 +119,10 @@ def _train_args(shards, output_dir, *extra):
 
 
 def test_training_on_shards_resumes_to_the_uninterrupted_losses(shards, tmp_path):
-    full = train_text_to_video.main(
-        _train_args(shards, tmp_path / "a", "--max_train_steps", "4", "--checkpointing_steps", "2")
-    )
-    resumed_dir = tmp_path / "b"
-    resumed_dir.mkdir()
-    (tmp_path / "a" / "checkpoint-2").rename(resumed_dir / "checkpoint-2")
-    resumed = train_text_to_video.main(
-        _train_args(shards, resumed_dir, "--max_train_steps", "4", "--checkpointing_steps", "2",
-                    "--resume_from_checkpoint", "latest")
-    )  # fmt: skip
+    make_args = functools.partial(_train_args, shards)
+    full, resumed, resumed_dir = run_and_resume(train_text_to_video.main, make_args, tmp_path, max_train_steps=4)
     assert len(full["losses"]) == 4 and resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-5, abs=1e-6)
-    assert [row["step"] for row in checkpointing.read_train_log(resumed_dir)] == [3, 4]
+    assert [row["step"] for row in run_log.read_train_log(resumed_dir)] == [3, 4]
 
 
 def test_shard_flags_are_checked(shards, tmp_path):
@@ -144,7 +138,7 @@ def test_two_processes_stream_their_own_shards(shards, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
         str(REPO / "training" / "train_text_to_video.py"), "--train_shards", ",".join(shards), "--output_dir",
         str(tmp_path), "--num_frames", "5", "--height", "8", "--width", "8", "--vae_config", TINY_VAE,
         "--train_batch_size", "2", "--report_to", "none", "--validation_prompts", "--max_train_steps", "3",
@@ -152,4 +146,4 @@ def test_two_processes_stream_their_own_shards(shards, tmp_path):
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "x 2 processes" in completed.stderr
-    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2, 3]
+    assert [row["step"] for row in run_log.read_train_log(tmp_path)] == [1, 2, 3]

@@ -1,20 +1,15 @@
 """train_autoencoder.py in-process on generated clips: a few steps, the saved VAE, its latent statistics, NaN stop."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffusers_spacetime import AutoencoderKLSpacetime
-from training import checkpointing, train_autoencoder
+from training import checkpointing, run_log, train_autoencoder
 
-from .conftest import HEIGHT, WIDTH
+from .conftest import HEIGHT, WIDTH, killed_run, launch_two_processes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +38,7 @@ def test_a_few_steps_save_a_vae_with_latent_statistics(shapes_dir, tmp_path):
     assert list(vae.config.latents_mean) == pytest.approx(result["latents_mean"])
     assert len(vae.config.latents_std) == vae.config.latent_channels and min(vae.config.latents_std) > 0
     assert [step for step, _ in checkpointing.list_checkpoints(tmp_path)] == [2]
-    rows = checkpointing.read_train_log(tmp_path)
+    rows = run_log.read_train_log(tmp_path)
     assert [row["step"] for row in rows] == [1, 2, 3] and rows[0]["loss"] == pytest.approx(result["losses"][0])
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["first_loss"] == pytest.approx(result["losses"][0])
@@ -54,13 +49,9 @@ def test_resume_continues_from_the_checkpoint(shapes_dir, tmp_path):
     full = train_autoencoder.main(
         _args(shapes_dir, tmp_path / "a", "--max_train_steps", "3", "--checkpointing_steps", "2")
     )
-    resumed_dir = tmp_path / "b"
-    resumed_dir.mkdir()
-    (tmp_path / "a" / "checkpoint-2").rename(resumed_dir / "checkpoint-2")
-    resumed = train_autoencoder.main(
-        _args(shapes_dir, resumed_dir, "--max_train_steps", "3", "--checkpointing_steps", "2",
-              "--resume_from_checkpoint", "latest")
-    )  # fmt: skip
+    resumed_dir = killed_run(tmp_path / "a", 2, tmp_path / "b")
+    resume = ["--max_train_steps", "3", "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest"]
+    resumed = train_autoencoder.main(_args(shapes_dir, resumed_dir, *resume))
     assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-5, abs=1e-6)
 
 
@@ -140,25 +131,13 @@ def test_decoder_only_and_color_augmentation_flags_are_checked(shapes_dir, tmp_p
         _args(shapes_dir, tmp_path, "--color_augmentation", "1.5")
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch_two_processes(output_dir, *extra):
     """train_autoencoder.py under `accelerate launch` with cpu_2proc.yaml (2 processes, gloo)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_autoencoder.py"), "--output_dir", str(output_dir), "--num_frames", "5",
-        "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--lr_warmup_steps", "0",
-        "--num_validation_clips", "2", "--stats_num_samples", "4", "--report_to", "none", *extra,
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "x 2 processes" in completed.stderr
+    return launch_two_processes(
+        "train_autoencoder.py", "--output_dir", str(output_dir), "--num_frames", "5", "--height", str(HEIGHT),
+        "--width", str(WIDTH), "--train_batch_size", "2", "--lr_warmup_steps", "0", "--num_validation_clips", "2",
+        "--stats_num_samples", "4", "--report_to", "none", *extra,
+    )  # fmt: skip
 
 
 def test_two_process_accelerate_launch(shapes_dir, tmp_path):
@@ -174,7 +153,7 @@ def test_two_process_accelerate_launch(shapes_dir, tmp_path):
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
-    rows = checkpointing.read_train_log(two)
+    rows = run_log.read_train_log(two)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     one = train_autoencoder.main(
         _args(shapes_dir, tmp_path / "one", *common[2:], "--gradient_accumulation_steps", "2")
@@ -190,12 +169,9 @@ def test_two_process_accelerate_launch(shapes_dir, tmp_path):
 
     assert_same_vae(two, tmp_path / "one", rtol=1e-5)
 
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
-    (resumed / ".tmp-checkpoint-4").mkdir()  # what a kill during a save leaves behind
+    resumed = killed_run(two, 2, tmp_path / "resumed", half_written=4)
     _launch_two_processes(resumed, *common, "--resume_from_checkpoint", "latest")
-    assert [row["loss"] for row in checkpointing.read_train_log(resumed)] == pytest.approx(
+    assert [row["loss"] for row in run_log.read_train_log(resumed)] == pytest.approx(
         [row["loss"] for row in rows[2:]], rel=1e-6
     )
     assert_same_vae(resumed, two, rtol=1e-6)

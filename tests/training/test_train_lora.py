@@ -3,11 +3,6 @@ adapter file, card, checkpoints and videos, the file reproducing the trained mod
 Hub), resume == uninterrupted, bf16, the NaN stop, and a two-process (DDP) launch."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +14,10 @@ from transformers import AutoTokenizer
 from diffusers_spacetime import SpacetimeVideoPipeline
 from tests.hub.conftest import fake_hub_server, hub  # noqa: F401  (fixtures: the in-test Hub)
 from tests.pipelines.conftest import make_pipeline, minilm_path
-from training import checkpointing, train_lora
+from training import checkpointing, run_log, train_lora
+from training.data import collate_videos, dataset_from_args
 
-from .conftest import HEIGHT, NUM_FRAMES, WIDTH
+from .conftest import HEIGHT, NUM_FRAMES, WIDTH, killed_run, launch_two_processes, nan_on_second_call
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red circle moves from left to right"
@@ -152,7 +148,7 @@ def test_a_short_run_learns_saves_loads_and_pushes(shapes_dir, base_dir, tmp_pat
     assert not np.allclose(with_lora, base, atol=1e-3)
     args = _args(shapes_dir, base_dir, tmp_path, "--num_eval_clips", "4")
     eval_set = train_lora.make_eval_set(
-        train_lora.dataset_from_args(args), train_lora.collate_videos, fresh, args, torch.device("cpu"), torch.float32
+        dataset_from_args(args), collate_videos, fresh, args, torch.device("cpu"), torch.float32
     )
     scheduler = train_lora.FlowMatchEulerDiscreteScheduler.from_config(fresh.scheduler.config)
     reloaded_loss = train_lora.evaluate_loss(fresh.transformer, eval_set, scheduler, args, patch_frames=1)
@@ -171,19 +167,14 @@ def test_resume_reproduces_the_uninterrupted_losses_and_adapter(shapes_dir, base
               "--learning_rate", "1e-3", "--lora_dropout", "0.2", "--caption_dropout", "0.3", "--cache_latents",
               "--num_eval_clips", "0", "--validation_prompt"]  # fmt: skip
     full = train_lora.main(_args(shapes_dir, base_dir, tmp_path / "full", *common))
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(tmp_path / "full" / "checkpoint-2", resumed_dir / "checkpoint-2")
-    (resumed_dir / ".tmp-checkpoint-4").mkdir()  # what a kill during a save leaves behind
+    resumed_dir = killed_run(tmp_path / "full", 2, tmp_path / "resumed", half_written=4)
     resumed = train_lora.main(_args(shapes_dir, base_dir, resumed_dir, *common, "--resume_from_checkpoint", "latest"))
     assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-6)
     assert not (resumed_dir / ".tmp-checkpoint-4").exists()
     assert_same_adapter(resumed_dir / "lora", tmp_path / "full" / "lora")
 
     # Resumed from a checkpoint at --max_train_steps (mid-epoch): nothing more trains, the checkpoint's adapter is saved.
-    final_dir = tmp_path / "final"
-    final_dir.mkdir()
-    shutil.copytree(tmp_path / "full" / "checkpoint-4", final_dir / "checkpoint-4")
+    final_dir = killed_run(tmp_path / "full", 4, tmp_path / "final")
     common[1] = "4"
     done = train_lora.main(_args(shapes_dir, base_dir, final_dir, *common, "--resume_from_checkpoint", "latest"))
     assert done["losses"] == [] and done["global_step"] == 4
@@ -209,15 +200,7 @@ def test_bf16_keeps_the_adapter_float32(shapes_dir, base_dir, tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step(shapes_dir, base_dir, tmp_path, monkeypatch):
-    original = train_lora.flow_matching_loss
-    calls = []
-
-    def nan_on_second_step(*args, **kwargs):
-        calls.append(1)
-        loss = original(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    monkeypatch.setattr(train_lora, "flow_matching_loss", nan_on_second_step)
+    nan_on_second_call(monkeypatch)
     with pytest.raises(FloatingPointError, match="at step 2 "):
         train_lora.main(
             _args(shapes_dir, base_dir, tmp_path, "--max_train_steps", "3", "--num_eval_clips", "0",
@@ -225,27 +208,13 @@ def test_nan_loss_stops_naming_the_step(shapes_dir, base_dir, tmp_path, monkeypa
         )  # fmt: skip
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch_two_processes(base, output_dir, *extra):
     """train_lora.py under `accelerate launch` with cpu_2proc.yaml (2 processes, gloo)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_lora.py"), "--pretrained_model_name_or_path", str(base),
-        "--output_dir", str(output_dir), "--num_frames", str(NUM_FRAMES),
-        "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--rank", "4",
-        "--report_to", "none", *extra,
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "x 2 processes" in completed.stderr
-    return completed
+    return launch_two_processes(
+        "train_lora.py", "--pretrained_model_name_or_path", str(base), "--output_dir", str(output_dir),
+        "--num_frames", str(NUM_FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2",
+        "--rank", "4", "--report_to", "none", *extra,
+    )  # fmt: skip
 
 
 def test_two_process_accelerate_launch(shapes_dir, base_dir, tmp_path):
@@ -259,7 +228,7 @@ def test_two_process_accelerate_launch(shapes_dir, base_dir, tmp_path):
     files = sorted(path.name for path in (two / "checkpoint-2").iterdir())
     assert files == ["optimizer.bin", "pytorch_lora_weights.safetensors", "random_states_0.pkl",
                      "random_states_1.pkl", "scheduler.bin", "training_state.json"]  # fmt: skip
-    rows = checkpointing.read_train_log(two)
+    rows = run_log.read_train_log(two)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     results = json.loads((two / "results.json").read_text())
     assert results["eval_loss_before"] is not None and (two / "lora" / "README.md").exists()
@@ -270,12 +239,9 @@ def test_two_process_accelerate_launch(shapes_dir, base_dir, tmp_path):
     assert [row["loss"] for row in rows] == pytest.approx(one["losses"], rel=1e-5)
     assert_same_adapter(two / "lora", tmp_path / "one" / "lora")
 
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
-    (resumed / ".tmp-checkpoint-4").mkdir()  # what a kill during a save leaves behind
+    resumed = killed_run(two, 2, tmp_path / "resumed", half_written=4)
     _launch_two_processes(base_dir, resumed, *common, "--resume_from_checkpoint", "latest")
-    assert [row["loss"] for row in checkpointing.read_train_log(resumed)] == pytest.approx(
+    assert [row["loss"] for row in run_log.read_train_log(resumed)] == pytest.approx(
         [row["loss"] for row in rows[2:]], rel=1e-6
     )
     assert_same_adapter(resumed / "lora", two / "lora")

@@ -2,9 +2,6 @@
 metadata.csv) trains with --buckets, in one process and in two, with every file accounted for at startup."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from training import checkpointing, train_text_to_video
+from training import run_log, train_text_to_video
 from training.data import dataset_from_args
 
+from .conftest import launch_two_processes
 from .test_data import _write_video
 from .test_data_metadata import _write_csv
-from .test_train_text_to_video import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_VAE = str(REPO / "training" / "configs" / "vae_tiny.json")
@@ -88,22 +85,16 @@ def test_bad_buckets_for_the_models_name_the_bucket(user_dir, tmp_path):
 
 @pytest.mark.parametrize("user_dir", ["csv"], indirect=True)  # one metadata form is enough here
 def test_two_processes_index_once_and_train_on_buckets(user_dir, tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_text_to_video.py"),
+    completed = launch_two_processes(  # asserts that both processes ran to the end
+        "train_text_to_video.py",
         *_arguments(user_dir, tmp_path, "--max_train_steps", "3", "--checkpointing_steps", "3"),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "x 2 processes" in completed.stderr
+    )
     # the main process read the folder's files; the other read the index cache the main process wrote
     assert completed.stderr.count("Indexed 10 files") == 2
     assert completed.stderr.count(": 10 read, 0 from") == 1 and completed.stderr.count(": 0 read, 10 from") == 1
     assert "buckets 1x32x32: 2, 1x32x64: 1, 5x32x32: 1, 9x32x64: 3, 9x64x32: 2" in completed.stderr
     assert len(list((tmp_path / "data_index").glob("*.json"))) == 1
-    assert [row["step"] for row in checkpointing.read_train_log(tmp_path)] == [1, 2, 3]
+    assert [row["step"] for row in run_log.read_train_log(tmp_path)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("user_dir", ["jsonl"], indirect=True)

@@ -102,3 +102,10 @@ def test_slim_text_encoder_matches_the_full_one_and_refuses_other_words(tmp_path
     assert kept < 200 and sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 24 * 2**20
     with pytest.raises(ValueError, match=r"uses tokens \['zebra'\] that the slim text encoder does not keep"):
         check_vocabulary(tokenizer, encoder, ["a purple zebra moves to the right"])
+
+
+def test_help_names_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        train_shapes_gpu.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert all(f"--{name}" in shown for name, *_ in train_shapes_gpu.NUMBER_FLAGS) and "cosine to 10% by time" in shown

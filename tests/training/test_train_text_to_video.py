@@ -4,7 +4,6 @@ pipeline folder, NaN stop, and a two-process accelerate launch."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_spacetime import SpacetimeVideoPipeline
-from training import checkpointing, train_autoencoder, train_text_to_video
+from training import checkpointing, flow_matching, run_log, train_autoencoder, train_text_to_video
 
-from .conftest import HEIGHT, NUM_FRAMES, WIDTH
+from .conftest import HEIGHT, NUM_FRAMES, WIDTH, free_port, killed_run, launch_two_processes, nan_on_second_call
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_VAE = str(REPO / "training" / "configs" / "vae_tiny.json")
@@ -92,11 +91,8 @@ def test_resume_reproduces_the_uninterrupted_losses(shapes_dir, tmp_path):
               "--checkpointing_steps", "2", "--use_ema", "--condition_frames_prob", "0.5", "--validation_prompts"]  # fmt: skip
     full = train_text_to_video.main(_args(shapes_dir, tmp_path / "full", *common))
     for step in (2, 4):
-        resumed_dir = tmp_path / f"from-{step}"
-        resumed_dir.mkdir()
-        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", resumed_dir / f"checkpoint-{step}")
         # What a kill leaves behind: a half-written checkpoint and one without its completion marker
-        (resumed_dir / f".tmp-checkpoint-{step + 2}").mkdir()
+        resumed_dir = killed_run(tmp_path / "full", step, tmp_path / f"from-{step}", half_written=step + 2)
         shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", resumed_dir / "checkpoint-99")
         (resumed_dir / "checkpoint-99" / checkpointing.COMPLETE_MARKER).unlink()
         assert checkpointing.latest_checkpoint(resumed_dir).name == f"checkpoint-{step}"
@@ -151,15 +147,7 @@ def test_position_embeddings_added_to_a_pretrained_transformer_start_from_its_ou
 
 
 def test_nan_loss_stops_naming_the_step(shapes_dir, tmp_path, monkeypatch):
-    original = train_text_to_video.flow_matching_loss
-    calls = []
-
-    def nan_on_second_step(*args, **kwargs):
-        calls.append(1)
-        loss = original(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    monkeypatch.setattr(train_text_to_video, "flow_matching_loss", nan_on_second_step)
+    nan_on_second_call(monkeypatch)
     with pytest.raises(FloatingPointError, match="at step 2 "):
         train_text_to_video.main(_args(shapes_dir, tmp_path, "--vae_config", TINY_VAE, "--max_train_steps", "3"))
 
@@ -171,7 +159,7 @@ class _RecordingTransformer(torch.nn.Module):
         super().__init__()
         self.latents, self.noise_holder, self.timesteps = latents, noise_holder, []
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, return_dict):
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, return_dict, **kwargs):
         self.timesteps.append(timestep)
         noise = self.noise_holder[0]
         prediction = (noise - self.latents).clone()
@@ -190,15 +178,12 @@ def test_conditioning_frames_are_clean_at_timestep_zero_and_out_of_the_loss(monk
         noise_holder.append(value)
         return value
 
-    monkeypatch.setattr(train_text_to_video.torch, "randn", recording_randn)
+    monkeypatch.setattr(flow_matching.torch, "randn", recording_randn)
     transformer = _RecordingTransformer(latents, noise_holder)
-    args = SimpleNamespace(
-        weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
-        condition_frames_prob=1.0, max_condition_frames=2,
-    )  # fmt: skip
-    loss = train_text_to_video.flow_matching_loss(
-        transformer, latents, torch.zeros(4, 3, 8), torch.ones(4, 3), FlowMatchEulerDiscreteScheduler(), args,
-        torch.Generator().manual_seed(0), patch_frames=1,
+    density = flow_matching.TimestepDensity("logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
+    loss = flow_matching.flow_matching_loss(
+        transformer, latents, torch.zeros(4, 3, 8), torch.ones(4, 3), FlowMatchEulerDiscreteScheduler(), density,
+        torch.Generator().manual_seed(0), patch_frames=1, condition=flow_matching.ConditionFrames(1.0, max_frames=2),
     )  # fmt: skip
     assert loss.item() == 0.0  # the garbage predicted for clean frames is not in the loss
     timestep = transformer.timesteps[0]
@@ -206,41 +191,27 @@ def test_conditioning_frames_are_clean_at_timestep_zero_and_out_of_the_loss(monk
     assert (timestep[:, 0] == 0).all() and (timestep[:, 2:] > 0).all()  # 1 or 2 clean frames, never all
     assert {int((row == 0).sum()) for row in timestep} <= {1, 2}
 
-    args.condition_frames_prob = 0.0  # off: a (B,) timestep, as plain text-to-video
-    train_text_to_video.flow_matching_loss(
-        transformer, latents, torch.zeros(4, 3, 8), torch.ones(4, 3), FlowMatchEulerDiscreteScheduler(), args,
-        torch.Generator().manual_seed(0), patch_frames=1,
+    flow_matching.flow_matching_loss(  # conditioning off: a (B,) timestep, as plain text-to-video
+        transformer, latents, torch.zeros(4, 3, 8), torch.ones(4, 3), FlowMatchEulerDiscreteScheduler(), density,
+        torch.Generator().manual_seed(0), patch_frames=1, condition=flow_matching.ConditionFrames(0.0, max_frames=2),
     )  # fmt: skip
     assert transformer.timesteps[1].shape == (4,)
 
 
 def test_condition_mask_respects_tubelets():
-    mask = train_text_to_video.condition_mask(64, 6, 1.0, 4, 2, torch.Generator().manual_seed(0))
+    mask = flow_matching.condition_mask(64, 6, 1.0, 4, 2, torch.Generator().manual_seed(0))
     counts = mask.sum(1)
     assert set(counts.tolist()) <= {2, 4} and (mask[:, 0]).all()  # whole tubelets of 2, one noisy tubelet kept
-    assert not train_text_to_video.condition_mask(8, 1, 1.0, 4, 1, torch.Generator()).any()  # one frame: none
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    assert not flow_matching.condition_mask(8, 1, 1.0, 4, 1, torch.Generator()).any()  # one frame: none
 
 
 def _launch_two_processes(output_dir, *extra):
     """train_text_to_video.py under `accelerate launch` with cpu_2proc.yaml (2 processes, gloo)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "training" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-        str(REPO / "training" / "train_text_to_video.py"), "--output_dir", str(output_dir),
-        "--num_frames", str(NUM_FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2",
-        "--lr_warmup_steps", "1", "--report_to", "none", *extra,
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "x 2 processes" in completed.stderr
-    return completed
+    return launch_two_processes(
+        "train_text_to_video.py", "--output_dir", str(output_dir), "--num_frames", str(NUM_FRAMES),
+        "--height", str(HEIGHT), "--width", str(WIDTH), "--train_batch_size", "2", "--lr_warmup_steps", "1",
+        "--report_to", "none", *extra,
+    )  # fmt: skip
 
 
 def test_two_process_accelerate_launch(shapes_dir, tmp_path):
@@ -253,7 +224,7 @@ def test_two_process_accelerate_launch(shapes_dir, tmp_path):
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
-    rows = checkpointing.read_train_log(two)
+    rows = run_log.read_train_log(two)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]  # only the main process writes
     assert (two / "pipeline" / "model_index.json").exists()
 
@@ -264,12 +235,9 @@ def test_two_process_accelerate_launch(shapes_dir, tmp_path):
     assert_same_weights(two / "pipeline" / "transformer", tmp_path / "one" / "pipeline" / "transformer")
 
     # Killed after checkpoint-2 (a half-written checkpoint-4 left behind): the resumed 2-process run continues exactly
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
-    (resumed / ".tmp-checkpoint-4").mkdir()
+    resumed = killed_run(two, 2, tmp_path / "resumed", half_written=4)
     _launch_two_processes(resumed, *common, "--resume_from_checkpoint", "latest")
-    assert [row["loss"] for row in checkpointing.read_train_log(resumed)] == pytest.approx(
+    assert [row["loss"] for row in run_log.read_train_log(resumed)] == pytest.approx(
         [row["loss"] for row in rows[2:]], rel=1e-6
     )
     assert_same_weights(resumed / "pipeline" / "transformer", two / "pipeline" / "transformer", rtol=1e-6)
@@ -326,7 +294,7 @@ def test_fsdp_config_on_cpu_and_ema_under_fsdp_are_refused(shapes_dir, tmp_path)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        "--main_process_port", str(_free_port()), str(REPO / "training" / "train_text_to_video.py"),
+        "--main_process_port", str(free_port()), str(REPO / "training" / "train_text_to_video.py"),
         "--data_dir", str(shapes_dir), "--output_dir", str(tmp_path / "run"), "--vae_config", TINY_VAE,
         "--max_train_steps", "1", "--report_to", "none", "--validation_prompts",
     ]  # fmt: skip
