@@ -23,7 +23,7 @@ from huggingface_hub import CommitInfo, ModelCard
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from .card_template import CARD_TAGS
-from .upload import ensure_repo, files_to_upload, push_folder_to_hub
+from .upload import commit_folder, ensure_repo, files_to_upload
 
 PROJECT_TAG = CARD_TAGS[0]
 
@@ -75,7 +75,7 @@ class SpacetimeHubMixin(PushToHubMixin):
         if not safe_serialization:
             raise ValueError("push_to_hub publishes .safetensors only (loading a pickle can run arbitrary code).")
         CardText(**card_kwargs)  # a misspelt card fact fails here, before the repo is created
-        repo_id = ensure_repo(repo_id, token=token, private=private)
+        repo_id = ensure_repo(repo_id, token=token, private=private, revision=revision)
         card = None if subfolder else self.hub_card(repo_id, token=token, **card_kwargs)
         upload = {"token": token, "create_pr": create_pr, "path_in_repo": subfolder, "revision": revision}
         with tempfile.TemporaryDirectory() as folder:
@@ -101,7 +101,7 @@ class SpacetimeHubMixin(PushToHubMixin):
         """Write `card` as the folder's README.md and upload the folder (safetensors only) in one commit."""
         if card is not None:
             card.save(os.path.join(folder, "README.md"))
-        return push_folder_to_hub(
+        return commit_folder(
             folder, repo_id, commit_message=commit_message or f"Upload {type(self).__name__}", **upload
         )
 
@@ -152,7 +152,7 @@ def push_lora_to_hub(
             raise ValueError(f"Expected one .safetensors LoRA file at the top of {folder}, found {weights}.")
         repo_id = ensure_repo(repo_id, token=token, private=private, revision=revision)
         card = lora_card(folder / weights[0], repo_id, base_model=base_model, **card_kwargs)
-        return push_folder_to_hub(
+        return commit_folder(
             folder,
             repo_id,
             card=card,

@@ -65,8 +65,36 @@ def push_folder_to_hub(
     Creates the repo if needed (`private` applies then) and the branch `revision` if it does not exist. The card
     goes to the repo root as `README.md`; with `path_in_repo` the files go into that subfolder and no card is written.
     """
-    paths = files_to_upload(folder, ignore_patterns)
+    files_to_upload(folder, ignore_patterns)  # refuse pickles before the repo is created
     repo_id = ensure_repo(repo_id, token=token, private=private, revision=revision)
+    return commit_folder(
+        folder,
+        repo_id,
+        card=card,
+        path_in_repo=path_in_repo,
+        ignore_patterns=ignore_patterns,
+        commit_message=commit_message,
+        token=token,
+        revision=revision,
+        create_pr=create_pr,
+    )
+
+
+def commit_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    card: ModelCard | None = None,
+    path_in_repo: str | None = None,
+    ignore_patterns: Iterable[str] = (),
+    commit_message: str = "Upload diffusers-spacetime weights",
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """[`push_folder_to_hub`] into a repo (and branch) that exists already: the callers that made it with
+    [`ensure_repo`] to learn its full id do not create it twice."""
+    paths = files_to_upload(folder, ignore_patterns)
     prefix = f"{path_in_repo.strip('/')}/" if path_in_repo else ""
     with_card = card is not None and not prefix
     operations = [
